@@ -1,0 +1,29 @@
+# `make demo` and `make test` create .venv on first use and never reinstall unless pyproject.toml changes.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first: the local CPU build; any other torch requirement pulls GBs of CUDA wheels.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	# WordNet for offline synonym augmentation (Debian's wordnet-base, read with NLTK's reader).
+	test -d /usr/share/wordnet || { apt-get update -qq && apt-get install -y -qq wordnet-base; } || echo "warning: wordnet-base not installed; synonym augmentation will be unavailable"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/compactbert finetune --model minilm-l6 --task rt --out $(DEMO_DIR)/teacher --epochs 1 --max-train-samples 4000 --overwrite
+	$(VENV)/bin/compactbert eval $(DEMO_DIR)/teacher --task rt
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 tests
+
+clean:
+	rm -rf $(VENV) runs/demo

@@ -1,0 +1,107 @@
+"""The Method lifecycle every compression method follows.
+
+A method is a pydantic model whose fields are its recipe keys; runtime state lives in private
+attributes. The training loop calls, in this order::
+
+    attach(state)            once, before the first step: module surgery, masks, teacher hooks
+    forward_kwargs()         extra kwargs for the student forward (e.g. output_hidden_states)
+    on_step(state)           before every optimizer step: schedules (sparsity ramps, temperatures)
+    loss(state)              after the student forward: an extra loss term, or None
+    after_step(state)        after every optimizer step: re-apply masks, clamp, ...
+    finalize(state)          once, after the last step: harden masks, freeze quantizers
+
+Calling a hook out of order raises ``RuntimeError``. Subclasses override the underscore versions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+
+@dataclass
+class TrainState:
+    """What the loop shares with methods. Shapes: batch tensors are (batch, seq)."""
+
+    model: torch.nn.Module  # the student, unwrapped (no DDP wrapper)
+    teacher: torch.nn.Module | None = None
+    step: int = 0  # optimizer steps done so far
+    total_steps: int = 0
+    epoch: int = 0
+    steps_per_epoch: int = 0
+    batch: dict[str, torch.Tensor] | None = None
+    outputs: Any = None  # the student's ModelOutput for `batch`
+    task: Any = None  # compactbert.data.tasks.TaskSpec
+    tokenizer: Any = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    extras: dict[str, Any] = field(default_factory=dict)  # per-step logs methods want in metrics.jsonl
+
+
+_ORDER = {"new": 0, "attached": 1, "finalized": 2}
+
+
+class Method(BaseModel):
+    """Base class of all compression methods (see module docstring for the lifecycle)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Set by the subclass: does this method need the teacher model in the loop?
+    needs_teacher: ClassVar[bool] = False
+    _phase: str = PrivateAttr(default="new")
+
+    # ----- public hooks, with order checks -----
+    def attach(self, state: TrainState) -> None:
+        self._expect("new", "attach")
+        self._attach(state)
+        self._phase = "attached"
+
+    def forward_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def on_step(self, state: TrainState) -> None:
+        self._expect("attached", "on_step")
+        self._on_step(state)
+
+    def loss(self, state: TrainState) -> torch.Tensor | None:
+        self._expect("attached", "loss")
+        return self._loss(state)
+
+    def after_step(self, state: TrainState) -> None:
+        self._expect("attached", "after_step")
+        self._after_step(state)
+
+    def finalize(self, state: TrainState) -> None:
+        self._expect("attached", "finalize")
+        self._finalize(state)
+        self._phase = "finalized"
+
+    def describe(self) -> str:
+        """One line for `compactbert recipe check`."""
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.model_dump(exclude={"type"}).items())
+        return f"{self.type}({fields})"  # type: ignore[attr-defined]
+
+    # ----- to override -----
+    def _attach(self, state: TrainState) -> None:
+        pass
+
+    def _on_step(self, state: TrainState) -> None:
+        pass
+
+    def _loss(self, state: TrainState) -> torch.Tensor | None:
+        return None
+
+    def _after_step(self, state: TrainState) -> None:
+        pass
+
+    def _finalize(self, state: TrainState) -> None:
+        pass
+
+    def _expect(self, phase: str, hook: str) -> None:
+        if self._phase != phase:
+            raise RuntimeError(
+                f"{type(self).__name__}.{hook}() called while the method is {self._phase!r}; "
+                f"expected {phase!r} (order: attach -> on_step/loss/after_step -> finalize)"
+            )

@@ -1,0 +1,304 @@
+"""Recipes: YAML files describing a compression run as a list of stages, each with methods.
+
+Example::
+
+    # XTC ternary: W2A8 + one-stage distillation
+    stages:
+      - name: qat
+        epochs: 3
+        lr: 5.0e-5
+        methods:
+          - {type: quantize, weight: ternary, activations: dynamic8, embeddings: true}
+          - {type: distillation, temperature: 1.0}
+
+The whole recipe is validated before anything runs: unknown keys, wrong types, unknown method types,
+impossible orders (layer reduction after quantization) each give one :class:`UserError` naming the
+file, the line and the key path, and what would be valid. A recipe round-trips YAML -> object -> YAML.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+
+from .errors import UserError, did_you_mean
+from .methods.base import Method
+from .registry import method_types
+
+
+class AugmentConfig(BaseModel):
+    """Synonym-replacement augmentation of the training set (TinyBERT / Combining Compressions)."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_aug: int = Field(4, ge=1, le=64, description="augmented copies per training example")
+    p: float = Field(0.3, gt=0.0, le=1.0, description="probability of replacing each eligible word")
+    seed: int = 0
+
+
+class Stage(BaseModel):
+    """One training stage: its schedule and the methods active during it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "stage"
+    epochs: float | None = Field(None, gt=0)
+    steps: int | None = Field(None, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    eval_every: int | None = Field(None, ge=1, description="evaluate every N steps (default: each epoch)")
+    keep: Literal["last", "best"] = Field(
+        "last", description="which model ends the stage: the last one (schedules finished) or the best eval"
+    )
+    augment: AugmentConfig | None = None
+    methods: list[SerializeAsAny[Method]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "Stage":
+        if self.epochs is None and self.steps is None:
+            self.epochs = 1.0
+        elif self.epochs is not None and self.steps is not None:
+            raise ValueError("give either 'epochs' or 'steps', not both")
+        return self
+
+
+class Recipe(BaseModel):
+    """A validated compression recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+    description: str | None = None
+    seed: int = 42
+    max_seq_length: int = Field(128, ge=8, le=4096)
+    bf16: bool = True
+    stages: list[Stage] = Field(min_length=1)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "<recipe>", lines: "_LineIndex | None" = None) -> "Recipe":
+        """Validate a plain dict (as loaded from YAML) into a Recipe."""
+        lines = lines or _LineIndex(None)
+        if not isinstance(raw, dict):
+            raise UserError(f"{source}: a recipe must be a mapping with a 'stages:' list, got {type(raw).__name__}")
+        raw = dict(raw)
+        stages_raw = raw.get("stages")
+        if not isinstance(stages_raw, list):
+            where = lines.where(("stages",), source)
+            raise UserError(f"{where}: 'stages' must be a list of stages (each with 'methods:'), got {stages_raw!r}")
+        registry = method_types()
+        stages: list[Any] = []
+        for i, st in enumerate(stages_raw):
+            if not isinstance(st, dict):
+                raise UserError(f"{lines.where(('stages', i), source)}: stages.{i} must be a mapping")
+            st = dict(st)
+            methods = []
+            for j, m in enumerate(st.get("methods") or []):
+                path = ("stages", i, "methods", j)
+                if not isinstance(m, dict) or "type" not in m:
+                    raise UserError(
+                        f"{lines.where(path, source)}: {_dotted(path)} needs a 'type:' "
+                        f"(one of {', '.join(sorted(registry))})"
+                    )
+                mtype = m["type"]
+                if mtype not in registry:
+                    raise UserError(
+                        f"{lines.where(path + ('type',), source)}: {_dotted(path)}.type: unknown method "
+                        f"{mtype!r}{did_you_mean(mtype, list(registry))}; valid: {', '.join(sorted(registry))}"
+                    )
+                try:
+                    methods.append(registry[mtype].model_validate(m))
+                except ValidationError as e:
+                    raise _user_error(e, path, source, lines, registry[mtype]) from None
+                except UserError as e:
+                    raise UserError(f"{lines.where(path, source)}: {_dotted(path)}: {e}") from None
+            st["methods"] = methods
+            stages.append(st)
+        raw["stages"] = stages
+        try:
+            recipe = cls.model_validate(raw)
+        except ValidationError as e:
+            raise _user_error(e, (), source, lines) from None
+        recipe._check_order(source, lines)
+        return recipe
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "<recipe>", overrides: list[str] | None = None) -> "Recipe":
+        """Parse YAML text; ``overrides`` are ``KEY=VALUE`` strings (``stages.0.epochs=1``)."""
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f"{source}:{mark.line + 1}" if mark else source
+            raise UserError(f"{at}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        if raw is None:
+            raise UserError(f"{source}: the recipe is empty; it needs a 'stages:' list")
+        for ov in overrides or []:
+            apply_override(raw, ov)
+        return cls.from_dict(raw, source, _LineIndex(node))
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> "Recipe":
+        """Read and validate a recipe file."""
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"recipe file {str(path)!r} does not exist")
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise UserError(f"cannot read recipe {str(path)!r}: {e.strerror}") from None
+        return cls.from_yaml(text, source=str(path), overrides=overrides)
+
+    # ------------------------------------------------------------------ saving
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    # ------------------------------------------------------------------ checks
+    def _check_order(self, source: str, lines: "_LineIndex") -> None:
+        seen_quant: tuple[int, int] | None = None
+        has_distill = any(m.type == "distillation" for s in self.stages for m in s.methods)  # type: ignore[attr-defined]
+        for i, st in enumerate(self.stages):
+            for j, m in enumerate(st.methods):
+                mtype = m.type  # type: ignore[attr-defined]
+                if mtype == "layer_reduction" and seen_quant is not None:
+                    qi, qj = seen_quant
+                    raise UserError(
+                        f"{lines.where(('stages', i, 'methods', j), source)}: stages.{i}.methods.{j}: layer "
+                        f"reduction after quantization (stages.{qi}.methods.{qj}) is not possible; reduce "
+                        f"layers in an earlier stage than the one that quantizes"
+                    )
+                if _is_quant(m):
+                    seen_quant = seen_quant or (i, j)
+                    if _weight_bits(m) is not None and _weight_bits(m) <= 2 and not has_distill:
+                        warnings.warn(
+                            f"{source}: stages.{i}.methods.{j} quantizes weights to {_weight_bits(m)} bit(s) "
+                            "without distillation in any stage; XTC found distillation essential at 1-2 bits",
+                            stacklevel=2,
+                        )
+
+    def describe(self) -> str:
+        """Human-readable plan, stage by stage (for ``compactbert recipe check``)."""
+        out = []
+        if self.description:
+            out.append(self.description.strip())
+        out.append(f"seed={self.seed} max_seq_length={self.max_seq_length} bf16={self.bf16}")
+        for i, st in enumerate(self.stages):
+            length = f"{st.epochs:g} epoch(s)" if st.steps is None else f"{st.steps} steps"
+            out.append(
+                f"stage {i} '{st.name}': {length}, lr {st.lr:g}, batch {st.batch_size}, warm-up {st.warmup_ratio:g}, "
+                f"keeps the {st.keep} model"
+            )
+            if st.augment:
+                out.append(f"  - augment training data: {st.augment.n_aug} synonym-replaced copies, p={st.augment.p}")
+            for m in st.methods:
+                out.append(f"  - {m.describe()}")
+            if not st.methods:
+                out.append("  - (no compression method: plain fine-tuning)")
+        return "\n".join(out)
+
+
+def _is_quant(m: Method) -> bool:
+    return m.type in {"quantize", "binary", "ternary", "int8"}  # type: ignore[attr-defined]
+
+
+def _weight_bits(m: Method) -> int | None:
+    bits = getattr(m, "weight_bits", None)
+    if callable(bits):
+        return bits()
+    return bits if isinstance(bits, int) else None
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Apply ``KEY=VALUE`` (dotted key path, list indices as numbers) to a raw recipe dict."""
+    if "=" not in override:
+        raise UserError(f"--set {override!r}: expected KEY=VALUE, e.g. stages.0.epochs=1")
+    key, value = override.split("=", 1)
+    parts = key.strip().split(".")
+    if not key.strip() or any(not p for p in parts):
+        raise UserError(f"--set {override!r}: empty key; expected a dotted path such as stages.0.lr")
+    val = yaml.safe_load(value) if value.strip() else None
+    cur: Any = raw
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(cur, list):
+            if not part.isdigit() or int(part) >= len(cur):
+                raise UserError(f"--set {override!r}: {where}: index out of range (the list has {len(cur)} items)")
+            if last:
+                cur[int(part)] = val
+            else:
+                cur = cur[int(part)]
+        elif isinstance(cur, dict):
+            if last:
+                cur[part] = val  # unknown keys are caught by validation, with their path
+            else:
+                if part not in cur:
+                    raise UserError(f"--set {override!r}: {where} does not exist in the recipe")
+                cur = cur[part]
+        else:
+            raise UserError(f"--set {override!r}: {where}: cannot set a key inside a {type(cur).__name__}")
+
+
+class _LineIndex:
+    """Maps key paths (('stages', 0, 'methods', 1, 'bits')) to YAML line numbers."""
+
+    def __init__(self, node: yaml.Node | None):
+        self.node = node
+
+    def line(self, path: tuple) -> int | None:
+        node = self.node
+        best = node.start_mark.line + 1 if node is not None else None
+        for part in path:
+            if isinstance(node, yaml.MappingNode):
+                nxt = None
+                for k, v in node.value:
+                    if k.value == str(part):
+                        nxt = v
+                        best = k.start_mark.line + 1
+                        break
+                node = nxt
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+                best = node.start_mark.line + 1
+            else:
+                break
+            if node is None:
+                break
+        return best
+
+    def where(self, path: tuple, source: str) -> str:
+        ln = self.line(path)
+        return f"{source}:{ln}" if ln else source
+
+
+def _user_error(
+    e: ValidationError, prefix: tuple, source: str, lines: _LineIndex, model: type[BaseModel] | None = None
+) -> UserError:
+    """One line from the first pydantic error: file:line: key.path: what is wrong and what is valid."""
+    err = e.errors()[0]
+    loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        valid = sorted(_model_at(err["loc"][:-1], model or Recipe).model_fields)
+        msg = f"unknown key{did_you_mean(str(loc[-1]), valid)}; valid keys: {', '.join(valid)}"
+    elif "input" in err and err["type"] != "missing":
+        msg = f"{msg} (got {err['input']!r})"
+    return UserError(f"{lines.where(loc, source)}: {_dotted(loc) or '(top level)'}: {msg}")
+
+
+def _model_at(loc: tuple, model: type[BaseModel]) -> type[BaseModel]:
+    """The pydantic model class that owns the keys at ``loc`` (a path inside ``model``)."""
+    if model is Recipe and len(loc) >= 2 and loc[0] == "stages":
+        return AugmentConfig if len(loc) >= 3 and loc[2] == "augment" else Stage
+    return model

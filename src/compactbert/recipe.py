@@ -209,10 +209,9 @@ def _is_quant(m: Method) -> bool:
 
 
 def _weight_bits(m: Method) -> int | None:
-    bits = getattr(m, "weight_bits", None)
-    if callable(bits):
-        return bits()
-    return bits if isinstance(bits, int) else None
+    """Weight bit-width of a quantization method (None when it leaves weights float)."""
+    weight = getattr(m, "weight", None)
+    return {"binary": 1, "ternary": 2}.get(weight) or (getattr(m, "bits", None) or 8 if weight == "int" else None)
 
 
 def _dotted(path: tuple) -> str:

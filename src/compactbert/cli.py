@@ -5,7 +5,11 @@ User errors (:class:`compactbert.errors.UserError`) become one line on stderr an
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -18,6 +22,122 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+# --------------------------------------------------------------------------------------------------
+# finetune / eval
+
+_TASKS_HELP = "Task: a GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli) or rt (embedded Rotten Tomatoes)."
+_DATA_HELP = (
+    "Where the examples are: a GLUE-format folder (the task folder or the GLUE root), a CSV/TSV/JSONL file "
+    "with named columns, or a hub dataset (glue/sst2, rotten_tomatoes, hub:owner/name[:config]). "
+    "Default: the embedded corpus for rt, nyu-mll/glue on the hub otherwise."
+)
+
+
+@app.command(no_args_is_help=True)
+def finetune(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create (or resume).", show_default=False)],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Model folder, hub id, run directory, or the alias minilm-l6 (embedded).")
+    ] = "minilm-l6",
+    task: Annotated[str, typer.Option("--task", "-t", help=_TASKS_HELP)] = "rt",
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help=_DATA_HELP, show_default=False)] = None,
+    epochs: Annotated[float, typer.Option(help="Passes over the training data (fractions allowed).")] = 3.0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW; linear warm-up, then linear decay).")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(help="Global batch size (all processes together).")] = 32,
+    max_seq_length: Annotated[int, typer.Option(help="Longest tokenized input; longer ones are truncated.")] = 128,
+    max_train_samples: Annotated[
+        Optional[int], typer.Option(help="Train on a fixed random subset of this many examples.", show_default=False)
+    ] = None,
+    max_eval_samples: Annotated[
+        Optional[int], typer.Option(help="Evaluate on a fixed random subset of this many examples.", show_default=False)
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the new head, the batch order and dropout.")] = 42,
+    bf16: Annotated[
+        Optional[bool],
+        typer.Option("--bf16/--no-bf16", help="bf16 autocast. Default: on where the hardware has native bf16 (AMX, recent GPUs).", show_default=False),
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start again in --out, deleting a previous run's files there.")
+    ] = False,
+    eval_every: Annotated[
+        Optional[int], typer.Option(help="Evaluate every N steps (default: once per epoch).", show_default=False)
+    ] = None,
+    save_every: Annotated[
+        Optional[int], typer.Option(help="Write a checkpoint every N steps (default: at each evaluation).", show_default=False)
+    ] = None,
+    max_steps: Annotated[
+        Optional[int], typer.Option(help="Stop after N optimizer steps (overrides --epochs).", show_default=False)
+    ] = None,
+    warmup_ratio: Annotated[float, typer.Option(help="Share of the steps used for LR warm-up.")] = 0.1,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also write TensorBoard logs to OUT/tensorboard.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Fine-tune a model on a task: leaves OUT/model (best checkpoint), metrics.jsonl and eval.json.
+
+    Example: compactbert finetune --model minilm-l6 --task sst2 --data ../shared/data/glue --out runs/sst2
+    """
+    from . import api
+
+    run = api.finetune(
+        model=model, task=task, data=data, out=out, epochs=epochs, lr=lr, batch_size=batch_size,
+        max_seq_length=max_seq_length, max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
+        seed=seed, bf16=bf16, resume=resume, overwrite=overwrite, eval_every=eval_every, save_every=save_every,
+        max_steps=max_steps, warmup_ratio=warmup_ratio, weight_decay=weight_decay, tensorboard=tensorboard,
+        progress=progress,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:  # only the main process of a multi-process run reports
+        _print_eval(json.loads((run / api.EVAL_FILE).read_text()), f"{run}/model")
+        print(f"run directory: {run}")
+
+
+@app.command("eval", no_args_is_help=True)
+def eval_(
+    path: Annotated[str, typer.Argument(help="A run directory (its model/ is evaluated), a model folder, a hub id, or minilm-l6.", show_default=False)],
+    task: Annotated[Optional[str], typer.Option("--task", "-t", help=_TASKS_HELP + " Default for a run: its task.", show_default=False)] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help=_DATA_HELP + " Default for a run: its data.", show_default=False)] = None,
+    split: Annotated[Optional[str], typer.Option(help="Split to evaluate (default: dev; MNLI: dev_matched).", show_default=False)] = None,
+    max_eval_samples: Annotated[
+        Optional[int], typer.Option(help="Evaluate on a fixed random subset of this many examples.", show_default=False)
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Write the result to this JSON file (default: PATH/eval.json for a run).", show_default=False)
+    ] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Evaluation batch size.", show_default=False)] = None,
+    bf16: Annotated[
+        Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 autocast (default: the run's setting).", show_default=False)
+    ] = None,
+) -> None:
+    """Evaluate a run or a model on a task; prints a table and writes eval.json.
+
+    Example: compactbert eval runs/sst2 --split dev
+    """
+    from . import api
+
+    result = api.evaluate(
+        path, task=task, data=data, split=split, max_eval_samples=max_eval_samples, out=out,
+        batch_size=batch_size, bf16=bf16,
+    )
+    _print_eval(result, path)
+    written = out if out is not None else (Path(path) / api.EVAL_FILE if api.is_run_dir(path) else None)
+    if written is not None:
+        print(f"wrote {written}")
+
+
+def _print_eval(result: dict, what: str) -> None:
+    """A small table: one row per metric."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{what}: {result['task']} {result['split']} (n={result['n']})", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result["metrics"].items():
+        table.add_row(name, f"{value:.4f}")
+    Console(soft_wrap=True).print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

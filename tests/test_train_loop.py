@@ -1,0 +1,202 @@
+"""The training loop on a tiny random BERT: metrics, best checkpoint, determinism, resume, method hooks, bf16."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from compactbert.data.batching import encode
+from compactbert.data.sources import load_examples
+from compactbert.data.tasks import get_task
+from compactbert.methods.base import Method, TrainState
+from compactbert.nn.io import load_model
+from compactbert.train.loop import (
+    TrainConfig,
+    evaluate_model,
+    linear_warmup_decay,
+    read_metrics,
+    task_loss_sum,
+    train,
+)
+from compactbert.train.toy import make_tiny_model, write_toy_glue
+
+SST2 = get_task("sst2")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and the CPU is shared with other test workers."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    data = write_toy_glue(root / "glue", "sst2", n_train=128, n_dev=32)
+    model_dir = make_tiny_model(root / "bert", "bert", hidden_size=64, num_heads=4, dropout=0.1)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    train_f = encode(load_examples(SST2, "train", data), tok, 64)
+    eval_f = encode(load_examples(SST2, "dev", data), tok, 64)
+    return model_dir, tok, train_f, eval_f
+
+
+def fresh_model(model_dir):
+    return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(epochs=4, lr=3e-3, batch_size=8, bf16=False, seed=0, progress=False, warmup_ratio=0.1)
+    return TrainConfig(**{**base, **kw})
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_metrics_jsonl_best_checkpoint_and_learning(toy, tmp_path):
+    model_dir, tok, train_f, eval_f = toy
+    result = train(fresh_model(model_dir), tok, "sst2", train_f, eval_f, cfg(eval_every=12), tmp_path)
+    records = read_metrics(tmp_path)
+    # 128 examples / batch 8 = 16 steps per epoch, 4 epochs: an evaluation every 12 steps and at the end.
+    assert [r["step"] for r in records] == [12, 24, 36, 48, 60, 64]
+    assert [r["epoch"] for r in records] == [0.75, 1.5, 2.25, 3.0, 3.75, 4.0]
+    assert all(set(r) >= {"step", "epoch", "loss", "metrics", "elapsed", "lr"} for r in records)
+    accs = [r["metrics"]["accuracy"] for r in records]
+    best = max(range(len(accs)), key=lambda i: (accs[i], -i))  # the first step that reached the max
+    assert result.best_step == records[best]["step"] and result.best_metric == accs[best]
+    assert accs[best] >= 0.9  # the toy task is learnable: a random model is at ~0.5
+    assert records[-1]["loss"] < records[0]["loss"]
+    # model/ holds the best step's weights: reloaded, it scores exactly what was logged.
+    saved, saved_tok = load_model(tmp_path / "model")
+    assert evaluate_model(saved, "sst2", eval_f, 16, False, saved_tok.pad_token_id) == records[best]["metrics"]
+    # The last checkpoint is the final state.
+    state = json.loads((tmp_path / "checkpoint" / "train_state.json").read_text())
+    assert state["step"] == 64 and state["done"] is True
+
+
+def test_same_seed_same_weights_other_seed_differs(toy, tmp_path):
+    model_dir, tok, train_f, eval_f = toy
+    runs = []
+    for i, seed in enumerate((0, 0, 1)):
+        res = train(fresh_model(model_dir), tok, "sst2", train_f, None, cfg(max_steps=6, seed=seed), tmp_path / str(i))
+        runs.append(weights(res.model))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+class Crash(Method):
+    """Raises at a given step, like a process killed part-way."""
+
+    type: Literal["crash"] = "crash"
+    at: int = -1
+
+    def _on_step(self, state: TrainState) -> None:
+        if state.step == self.at:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(toy, tmp_path):
+    model_dir, tok, train_f, eval_f = toy
+    c = cfg(epochs=1, eval_every=5, save_every=3, keep="best")  # 16 steps; dropout is on
+    whole = train(fresh_model(model_dir), tok, "sst2", train_f, eval_f, c, tmp_path / "a", methods=[Crash()])
+
+    with pytest.raises(KeyboardInterrupt):  # dies in step 11 (0-based 10), mid-epoch, after a checkpoint at 9
+        train(fresh_model(model_dir), tok, "sst2", train_f, eval_f, c, tmp_path / "b", methods=[Crash(at=10)])
+    assert json.loads((tmp_path / "b/checkpoint/train_state.json").read_text())["step"] == 9
+    resumed = train(fresh_model(model_dir), tok, "sst2", train_f, eval_f, c, tmp_path / "b", methods=[Crash()], resume=True)
+
+    assert resumed.steps == whole.steps == 16
+    wa, wb = weights(whole.model), weights(resumed.model)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    best_a, best_b = load_file(tmp_path / "a/model/model.safetensors"), load_file(tmp_path / "b/model/model.safetensors")
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "elapsed"} for r in rs]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "a")) == strip(read_metrics(tmp_path / "b"))
+
+
+class Recorder(Method):
+    """Records the hook calls and checks what the loop hands to methods."""
+
+    type: Literal["recorder"] = "recorder"
+
+    def model_post_init(self, _ctx) -> None:
+        self._calls: list[tuple[str, int]] = []
+        self._autocast: list[bool] = []
+
+    def forward_kwargs(self):
+        return {"output_hidden_states": True}
+
+    def _attach(self, state: TrainState) -> None:
+        self._calls.append(("attach", state.step))
+        assert state.teacher is not None and not state.teacher.training
+        assert not any(p.requires_grad for p in state.teacher.parameters())
+        # A parameter added here must be trained: the optimizer is built after attach.
+        state.model.register_parameter("probe", torch.nn.Parameter(torch.zeros(())))
+
+    def _on_step(self, state: TrainState) -> None:
+        self._calls.append(("on_step", state.step))
+
+    def _loss(self, state: TrainState):
+        self._calls.append(("loss", state.step))
+        assert state.outputs.hidden_states is not None  # forward_kwargs reached the forward
+        assert state.outputs.loss is not None and state.outputs.loss.ndim == 0  # the task loss
+        assert set(state.batch) >= {"input_ids", "attention_mask", "labels"}
+        self._autocast.append(torch.is_autocast_enabled("cpu"))
+        state.extras["probe"] = float(state.model.probe.detach())
+        return (state.model.probe - 3.0) ** 2
+
+    def _after_step(self, state: TrainState) -> None:
+        self._calls.append(("after_step", state.step))
+
+    def _finalize(self, state: TrainState) -> None:
+        self._calls.append(("finalize", state.step))
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_method_hooks_order_extra_params_and_autocast(toy, tmp_path, bf16):
+    model_dir, tok, train_f, eval_f = toy
+    model, teacher = fresh_model(model_dir), fresh_model(model_dir)
+    dtypes = []
+    model.classifier.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    rec = Recorder()
+    c = cfg(max_steps=5, lr=0.1, warmup_ratio=0.0, bf16=bf16, eval_every=5, weight_decay=0.0)
+    result = train(model, tok, "sst2", train_f, eval_f, c, tmp_path, methods=[rec], teacher=teacher)
+    steps = [("on_step", s) for s in range(5)]
+    expected = [("attach", 0)]
+    for s in range(5):
+        expected += [("on_step", s), ("loss", s), ("after_step", s)]
+    expected += [("finalize", 5)]
+    assert rec._calls == expected and steps
+    assert rec._autocast == [bf16] * 5
+    # The training forwards ran in bf16 under autocast (evaluation forwards too).
+    assert set(dtypes) == {torch.bfloat16 if bf16 else torch.float32}
+    # The method's loss pulled the added parameter from 0 towards 3.
+    assert 0.1 < float(result.model.probe.detach()) <= 3.0
+    assert read_metrics(tmp_path)[-1]["extras"]["probe"] == pytest.approx(float(result.model.probe.detach()), abs=0.6)
+    # With a method present the final (finalized) model is kept, not the best one.
+    assert result.best_step == 5
+
+
+def test_linear_warmup_then_decay_values():
+    f = linear_warmup_decay(2, 6)
+    assert [f(s) for s in range(6)] == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])
+    g = linear_warmup_decay(0, 4)
+    assert [g(s) for s in range(4)] == pytest.approx([1.0, 0.75, 0.5, 0.25])
+
+
+def test_task_loss_sum_matches_torch_means():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
+    assert task_loss_sum(logits, labels, SST2) == pytest.approx(5 * F.cross_entropy(logits, labels).item(), rel=1e-6)
+    pred, target = torch.randn(5, 1), torch.rand(5) * 5
+    stsb = get_task("stsb")
+    assert task_loss_sum(pred, target, stsb) == pytest.approx(5 * F.mse_loss(pred.squeeze(-1), target).item(), rel=1e-6)

@@ -1,1 +1,7 @@
+"""Reports: a table and plots (accuracy vs size, latency, throughput) of runs, packed models and
+benchmarks, as Markdown, PNG and one HTML page (see :mod:`compactbert.report.core`)."""
 
+from .collect import collect
+from .core import format_table, make_report, report
+
+__all__ = ["collect", "format_table", "make_report", "report"]

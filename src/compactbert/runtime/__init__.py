@@ -1,1 +1,208 @@
+"""Fast CPU inference for packed models.
 
+:func:`load` verifies a packed directory (format version, sha256 of every file), unpacks the
+weights once to the fastest representation for this CPU, and returns a :class:`PackedModel`::
+
+    from compactbert.runtime import load
+    model = load("out/packed")                          # bf16 on AMX / AVX512-BF16 CPUs, else fp32
+    batch = model.tokenizer(["a fine film"], return_tensors="pt")
+    logits = model(batch["input_ids"], batch["attention_mask"])   # (1, num_labels) float32
+
+Representation (chosen by measurement, see :mod:`compactbert.runtime.kernels`): every weight,
+whatever its bit width, becomes a bf16 matrix in oneDNN's blocked layout, and the products run on
+the AMX/AVX512-BF16 units with bias, activation and residual fused. ``dtype="float32"`` gives the
+exact path: it reproduces the training-time model's logits (the packed weights decode bitwise to the
+values the training-time layers used, and activation quantizers are emulated).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import UserError
+from .encoder import LeanEncoder
+from .kernels import cpu_has_native_bf16, mkldnn_available
+
+__all__ = ["load", "PackedModel", "LeanEncoder", "default_dtype"]
+
+_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+
+
+def default_dtype() -> str:
+    """``"bf16"`` where bf16 is fast here (native bf16 and oneDNN), else ``"fp32"``."""
+    return "bf16" if (cpu_has_native_bf16() and mkldnn_available()) else "fp32"
+
+
+class PackedModel:
+    """A packed model loaded for inference.
+
+    Attributes:
+        tokenizer: The stored tokenizer (None if the folder has none).
+        config: The packed ``config.json`` (per-layer ``heads_per_layer``, ``ffn_per_layer``, ...).
+        manifest: The packed ``manifest.json``.
+        path: The folder.
+        dtype: ``"bf16"`` or ``"fp32"``.
+        backend: ``"mkldnn"`` or ``"torch"``.
+        num_labels: Output width.
+        id2label: Label names by id (may be empty).
+    """
+
+    def __init__(self, encoder: LeanEncoder, tokenizer, config: dict[str, Any], manifest: dict[str, Any], path: Path,
+                 dtype: str, backend: str, act_quant: bool):
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.config = config
+        self.manifest = manifest
+        self.path = path
+        self.dtype = dtype
+        self.backend = backend
+        self.act_quant = act_quant
+        self.num_labels = int(config["num_labels"])
+        self.id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"PackedModel({str(self.path)!r}, arch={c['arch']}, layers={len(c['heads_per_layer'])}, "
+                f"heads={c['heads_per_layer']}, ffn={c['ffn_per_layer']}, dtype={self.dtype}, backend={self.backend})")
+
+    def describe(self) -> str:
+        """One line on how this model computes (kernels, dtype, shape after removal)."""
+        c = self.config
+        if self.backend == "mkldnn":
+            how = ("oneDNN mkldnn._linear_pointwise with weights reordered at load, bias/GELU/residual fused "
+                   "(AMX / AVX512-BF16)")
+        else:
+            how = "torch F.linear (MKL)"
+        parts = [f"compactbert runtime: {self.dtype} weights, {how}, SDPA flash attention, [CLS]-only last layer"]
+        if self.act_quant and self.config.get("act_quant"):
+            parts.append("activation quantizers emulated")
+        heads, ffn = c["heads_per_layer"], c["ffn_per_layer"]
+        show = (lambda v: str(v[0]) if v and len(set(v)) == 1 else str(list(v)))
+        parts.append(f"{len(heads)} layers, heads {show(heads)}, ffn {show(ffn)}")
+        if c.get("vocab", {}).get("pruned"):
+            parts.append(f"vocab {c['vocab']['kept']}/{c['vocab']['original_size']}")
+        return "; ".join(parts)
+
+    @staticmethod
+    def _ids(x: Any, name: str) -> torch.Tensor | None:
+        if x is None:
+            return None
+        t = torch.as_tensor(x)
+        if t.dim() == 1:
+            t = t[None, :]
+        if t.dim() != 2:
+            raise UserError(f"{name} must have shape (batch, seq); got {tuple(t.shape)}")
+        if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+            if name == "attention_mask":
+                return t.to(torch.long)
+            raise UserError(f"{name} must hold integer token ids; got dtype {t.dtype}")
+        return t.to(torch.long)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """Logits (batch, num_labels), float32.
+
+        Args:
+            input_ids: (batch, seq) token ids from :attr:`tokenizer` (tensor, array or nested list).
+            attention_mask: (batch, seq) 1 for tokens, 0 for padding; default all ones.
+            token_type_ids: (batch, seq) segment ids (BERT-style models); default zeros.
+
+        Raises:
+            UserError: shapes that do not match, ids outside the vocabulary, or inputs longer than
+                the model's positions.
+        """
+        ids = self._ids(input_ids, "input_ids")
+        mask = self._ids(attention_mask, "attention_mask")
+        tt = self._ids(token_type_ids, "token_type_ids")
+        for name, t in (("attention_mask", mask), ("token_type_ids", tt)):
+            if t is not None and t.shape != ids.shape:
+                raise UserError(f"{name} has shape {tuple(t.shape)} but input_ids has {tuple(ids.shape)}")
+        if ids.numel():
+            vocab = int(self.config.get("vocab", {}).get("original_size", self.config["vocab_size"]))
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= vocab:
+                raise UserError(f"input_ids contain id {hi if hi >= vocab else lo}; valid ids: 0..{vocab - 1}")
+            if tt is not None:
+                tv = max(int(self.config.get("type_vocab_size", 0)), 1)
+                if int(tt.min()) < 0 or int(tt.max()) >= tv:
+                    raise UserError(f"token_type_ids must lie in 0..{tv - 1}")
+        if ids.shape[1] > self.encoder.max_positions:
+            raise UserError(
+                f"input length {ids.shape[1]} exceeds the model's {self.encoder.max_positions} positions; "
+                f"truncate inputs to at most {self.encoder.max_positions} tokens"
+            )
+        if ids.shape[0] == 0:
+            return torch.zeros(0, self.num_labels)
+        if mask is not None:
+            if bool(mask.all()):
+                mask = None  # nothing padded: attention without a mask is faster
+            else:
+                # drop trailing columns that are padding in every row (exact: no valid token moves)
+                used = torch.nonzero(mask.any(dim=0)).flatten()
+                keep = int(used[-1]) + 1 if used.numel() else 1
+                if keep < ids.shape[1]:
+                    ids, mask = ids[:, :keep], mask[:, :keep]
+                    tt = tt[:, :keep] if tt is not None else None
+        with torch.inference_mode():
+            return self.encoder(ids, mask, tt)
+
+    def predict(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 32,
+                max_length: int = 128) -> torch.Tensor:
+        """Logits for raw texts (optionally sentence pairs), tokenized with :attr:`tokenizer`.
+
+        Returns:
+            (len(texts), num_labels) float32.
+        """
+        if self.tokenizer is None:
+            raise UserError(f"packed model {str(self.path)!r} has no tokenizer; pass token ids to the model instead")
+        if text_pairs is not None and len(text_pairs) != len(texts):
+            raise UserError(f"got {len(texts)} texts but {len(text_pairs)} text pairs; they must match")
+        out = []
+        for start in range(0, len(texts), batch_size):
+            a = list(texts[start : start + batch_size])
+            b = list(text_pairs[start : start + batch_size]) if text_pairs is not None else None
+            enc = self.tokenizer(a, b, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            out.append(self(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")))
+        return torch.cat(out) if out else torch.zeros(0, self.num_labels)
+
+
+def load(path: str | os.PathLike, dtype: str = "auto", threads: int | None = None, act_quant: str = "auto",
+         verify: bool = True) -> PackedModel:
+    """Load a packed directory for fast CPU inference.
+
+    Args:
+        path: A folder written by :func:`compactbert.export.pack.export_packed`.
+        dtype: ``"auto"`` (bf16 where the CPU has native bf16, else fp32), ``"bf16"`` or ``"fp32"``.
+        threads: If given, ``torch.set_num_threads(threads)`` (process-wide).
+        act_quant: Emulate the model's activation quantizers: ``"auto"`` (in fp32 only, where it
+            makes the logits exact; bf16 runs without them), ``"on"`` or ``"off"``.
+        verify: Check sha256 of every file (default True).
+
+    Raises:
+        UserError: the folder is missing, tampered with, truncated, of an unknown format version,
+            or an option is invalid.
+    """
+    from ..export.pack import load_packed_tokenizer, read_packed
+
+    if dtype == "auto":
+        dtype = default_dtype()
+    if dtype not in _DTYPES:
+        raise UserError(f"dtype={dtype!r} is not valid; valid: auto, bf16, fp32")
+    if act_quant not in ("auto", "on", "off"):
+        raise UserError(f"act_quant={act_quant!r} is not valid; valid: auto, on, off")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise UserError(f"threads={threads!r} is not valid; valid: a positive integer")
+        torch.set_num_threads(threads)
+    tdtype = _DTYPES[dtype]
+    dtype = "bf16" if tdtype == torch.bfloat16 else "fp32"
+    packed = read_packed(path, verify=verify)
+    backend = "mkldnn" if (tdtype == torch.bfloat16 and mkldnn_available()) else "torch"
+    use_aq = act_quant == "on" or (act_quant == "auto" and dtype == "fp32")
+    encoder = LeanEncoder(packed.config, packed.tensors, dtype=tdtype, backend=backend,
+                          act_quant=packed.act_quant if use_aq else None, vocab_map=packed.vocab_map)
+    tokenizer = load_packed_tokenizer(packed.path)
+    return PackedModel(encoder, tokenizer, packed.config, packed.manifest, packed.path, dtype, backend, use_aq)

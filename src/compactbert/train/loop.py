@@ -212,6 +212,19 @@ def task_loss_sum(logits: torch.Tensor, labels: torch.Tensor, task: TaskSpec) ->
     return F.cross_entropy(logits.float(), labels.long(), reduction="sum")
 
 
+def _set_attention(model: torch.nn.Module, impl: str) -> None:
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(impl)
+    else:  # older transformers
+        model.config._attn_implementation = impl
+
+
+def _fused_ok(model: torch.nn.Module) -> bool:
+    """Fused AdamW needs every trainable parameter as a floating tensor on one supported device."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def _forward_names(model: torch.nn.Module) -> set[str]:
     """The named arguments of ``model.forward`` (used to drop inputs a model does not take, such
     as ``token_type_ids`` for DistilBERT and RoBERTa-style models)."""
@@ -408,6 +421,11 @@ def train(
     # ---- models on the device, methods attached before the optimizer sees the parameters ----
     model.to(device)
     model.train()
+    # On CPU, PyTorch's SDPA (flash) attention backward is slow, in bf16 most of all (measured on
+    # MiniLM, batch 32: 1.3 s vs 0.55 s eager); train with eager attention, restore it afterwards.
+    attn_before = getattr(model.config, "_attn_implementation", None)
+    if device.type == "cpu" and attn_before == "sdpa":
+        _set_attention(model, "eager")
     if teacher is not None:
         teacher.to(device).eval().requires_grad_(False)
     state = TrainState(
@@ -439,7 +457,8 @@ def train(
             )
         ckpt_io.load_weights(ckpt, model)
 
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    # fused AdamW: one kernel for all parameters (CPU: 0.16 s vs 0.7 s per MiniLM step, measured).
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=_fused_ok(model))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup_steps, total_steps))
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
     if ckpt:
@@ -601,6 +620,8 @@ def train(
     state.step, state.epoch = rs.step, rs.epoch
     for m in methods:
         m.finalize(state)
+    if attn_before == "sdpa" and getattr(unwrapped.config, "_attn_implementation", None) == "eager":
+        _set_attention(unwrapped, "sdpa")
     if keep == "last" or not (run_dir / MODEL_DIR).is_dir():
         save_best()
     accelerator.wait_for_everyone()

@@ -36,6 +36,7 @@ EVAL_FILE = "eval.json"
 # What a run writes; --overwrite deletes these (and only these) from the output directory.
 RUN_ARTIFACTS = (
     RUN_FILE, CONFIG_FILE, "recipe.yaml", "metrics.jsonl", EVAL_FILE, "model", "checkpoint", "tensorboard",
+    "stages", "size.json",
 )
 # Settings that decide the batches and the optimisation: a resumed run must use the same ones.
 _RESUME_KEYS = (
@@ -553,3 +554,75 @@ def evaluate(
         except OSError as e:
             raise UserError(f"cannot write {str(out_path)!r}: {e.strerror or e}") from None
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# compress / size / recipe check
+
+
+def compress(
+    recipe: str | os.PathLike,
+    teacher: str | os.PathLike,
+    task: str,
+    out: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Compress ``teacher`` for ``task`` with a recipe. See :func:`compactbert.pipeline.compress`."""
+    from .pipeline import compress as _compress
+
+    return _compress(
+        find_recipe(recipe), teacher, task, out, data=data, overrides=overrides,
+        max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, resume=resume,
+        overwrite=overwrite, progress=progress,
+    )
+
+
+def find_recipe(recipe: str | os.PathLike) -> Path:
+    """A recipe path; a bare name (``xtc-binary``) is looked up in the ready recipes."""
+    p = Path(recipe).expanduser()
+    if p.is_file():
+        return p
+    shipped = Path(__file__).resolve().parents[2] / "recipes"
+    for candidate in (shipped / str(recipe), shipped / f"{recipe}.yaml"):
+        if candidate.is_file():
+            return candidate
+    names = sorted(f.stem for f in shipped.glob("*.yaml")) if shipped.is_dir() else []
+    raise UserError(
+        f"recipe {str(recipe)!r} does not exist; give a YAML file"
+        + (f" or one of the ready recipes: {', '.join(names)}" if names else "")
+    )
+
+
+def recipe_check(recipe: str | os.PathLike, overrides: list[str] | None = None):
+    """Validate a recipe file and return the :class:`compactbert.recipe.Recipe`."""
+    from .recipe import Recipe
+
+    return Recipe.load(find_recipe(recipe), overrides=overrides)
+
+
+def size(path: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Packed-size report of a run directory or model folder; writes ``size.json``.
+
+    The report lists every tensor (bits, parameters, sparsity, bytes) and the totals
+    ``dense_fp32_bytes``, ``compressed_bytes`` and ``ratio``. It is written to ``out``, or to
+    ``PATH/size.json`` for a run directory.
+    """
+    from .size import size_report
+    from .train.checkpoint import atomic_write_json
+
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{str(path)!r} does not exist; expected a run directory or a model folder")
+    model_dir = Path(model_source(p))
+    net, _ = _load_saved(model_dir, "model")
+    report = size_report(net)
+    target = Path(out) if out is not None else (p / "size.json" if is_run_dir(p) else None)
+    if target is not None:
+        atomic_write_json(target, report)
+    return report

@@ -140,6 +140,88 @@ def _print_eval(result: dict, what: str) -> None:
     Console(soft_wrap=True).print(table)
 
 
+# --------------------------------------------------------------------------------------------------
+# compress / size / recipe
+
+
+@app.command(no_args_is_help=True)
+def compress(
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML file, or the name of a ready recipe (xtc-binary, int8-qat, ...).", show_default=False)],
+    teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned teacher: a finetune run directory or a model folder.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create (or resume).", show_default=False)],
+    task: Annotated[str, typer.Option("--task", "-t", help=_TASKS_HELP)] = "rt",
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help=_DATA_HELP, show_default=False)] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="Override a recipe key, KEY=VALUE (e.g. stages.0.epochs=1); repeatable.", show_default=False),
+    ] = None,
+    max_train_samples: Annotated[
+        Optional[int], typer.Option(help="Train on a fixed random subset of this many examples.", show_default=False)
+    ] = None,
+    max_eval_samples: Annotated[
+        Optional[int], typer.Option(help="Evaluate on a fixed random subset of this many examples.", show_default=False)
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out where it stopped.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in --out, deleting a previous run's files there.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
+    """Compress a fine-tuned teacher with a recipe: leaves OUT/model, eval.json and size.json.
+
+    Example: compactbert compress recipes/xtc-binary.yaml --teacher runs/sst2 --task sst2 --data ../shared/data/glue --out runs/sst2-w1a8 --set stages.0.epochs=1
+    """
+    from . import api
+
+    run = api.compress(
+        recipe, teacher, task, out, data=data, overrides=set_ or [], max_train_samples=max_train_samples,
+        max_eval_samples=max_eval_samples, resume=resume, overwrite=overwrite, progress=progress,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_eval(json.loads((run / api.EVAL_FILE).read_text()), f"{run}/model")
+        report = json.loads((run / "size.json").read_text())
+        print(
+            f"size: {report['compressed_bytes']:,} bytes packed vs {report['dense_fp32_bytes']:,} dense fp32 "
+            f"({report['ratio']:.1f}x smaller)"
+        )
+        print(f"run directory: {run}")
+
+
+@app.command(no_args_is_help=True)
+def size(
+    path: Annotated[str, typer.Argument(help="A run directory or a model folder.", show_default=False)],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write size.json here (default: PATH/size.json for a run).", show_default=False)] = None,
+    all_tensors: Annotated[bool, typer.Option("--all/--compressed-only", help="List every tensor, or only the compressed ones.")] = True,
+) -> None:
+    """Bytes the model takes stored packed, tensor by tensor (embeddings included); writes size.json.
+
+    Example: compactbert size runs/sst2-w1a8
+    """
+    from . import api
+    from .size import format_size_table
+
+    report = api.size(path, out=out)
+    print(format_size_table(report, only_compressed=not all_tensors))
+
+
+recipe_app = typer.Typer(help="Work with recipes.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+
+
+@recipe_app.command("check", no_args_is_help=True)
+def recipe_check(
+    file: Annotated[str, typer.Argument(help="Recipe YAML file or ready-recipe name.", show_default=False)],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY=VALUE; repeatable.", show_default=False)] = None,
+) -> None:
+    """Validate a recipe and print what it will do, stage by stage.
+
+    Example: compactbert recipe check recipes/xtc-layer-reduction-binary.yaml
+    """
+    from . import api
+
+    rec = api.recipe_check(file, overrides=set_ or [])
+    print(rec.describe())
+    print("recipe OK")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script. Returns the exit status."""
     try:

@@ -1,0 +1,125 @@
+"""`compactbert compress` end to end on a tiny model: stages, files, size, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from compactbert.cli import main
+from compactbert.nn.io import load_model
+from compactbert.nn.surgery import compressed_modules
+from compactbert.train.toy import make_tiny_model, write_toy_glue
+
+RECIPE = """# test recipe: layer reduction + KD, then ternary W2A8 + 50% magnitude pruning + KD
+seed: 1
+max_seq_length: 32
+bf16: false
+stages:
+  - name: reduce
+    steps: 4
+    lr: 3.0e-3
+    batch_size: 8
+    methods:
+      - {type: layer_reduction, keep: [0, 2]}
+      - {type: distillation, alpha: 0.5, weights: {logits: 1.0, hidden: 1.0}}
+  - name: quant-prune
+    steps: 6
+    lr: 3.0e-3
+    batch_size: 8
+    methods:
+      - {type: ternary}
+      - {type: magnitude_pruning, sparsity: 0.5, schedule: linear, start: 0, end: 4, frequency: 2}
+      - {type: distillation, alpha: 0.5}
+"""
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compress")
+    glue = write_toy_glue(root / "glue", "sst2", n_train=48, n_dev=16)
+    model = make_tiny_model(root / "bert", "bert", num_layers=4)
+    run = root / "teacher"
+    assert main([
+        "finetune", "--model", str(model), "--task", "sst2", "--data", str(glue), "--out", str(run),
+        "--epochs", "1", "--batch-size", "8", "--lr", "0.003", "--no-bf16", "--no-progress",
+    ]) == 0
+    recipe = root / "r.yaml"
+    recipe.write_text(RECIPE)
+    return glue, run, recipe
+
+
+def _compress(glue, run, recipe, out, *extra):
+    return main([
+        "compress", str(recipe), "--teacher", str(run), "--task", "sst2", "--data", str(glue), "--out", str(out),
+        "--no-progress", *extra,
+    ])
+
+
+def test_compress_runs_stages_and_leaves_a_compressed_model(teacher, tmp_path, capsys):
+    glue, run, recipe = teacher
+    out = tmp_path / "c"
+    assert _compress(glue, run, recipe, out) == 0
+    stdout = capsys.readouterr().out
+    assert "x smaller" in stdout
+    info = json.loads((out / "run.json").read_text())
+    assert info["kind"] == "compress" and info["status"] == "done"
+    assert [s["steps"] for s in info["stage_results"]] == [4, 6]
+    # the final model: 2 of the teacher's layers, ternary weights, 50% sparse encoder Linear layers
+    net, _ = load_model(out / "model")
+    teacher_net, _ = load_model(run / "model")
+    assert net.config.num_hidden_layers == 2
+    layers = {n: m for n, m in compressed_modules(net).items() if "encoder.layer" in n}
+    assert len(layers) == 2 * 6
+    for name, m in layers.items():
+        assert m.weight_quantizer.spec()["kind"] == "ternary", name
+        zeros = (m.effective_weight() == 0).float().mean().item()
+        assert zeros >= 0.5 - 1e-6, name  # pruned half + ternary zeros
+        assert (m.weight_mask == 0).sum().item() == round(0.5 * m.weight.numel()), name
+    size = json.loads((out / "size.json").read_text())
+    assert size["ratio"] > 3 and size["compressed_bytes"] < size["dense_fp32_bytes"]
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["task"] == "sst2" and ev["n"] == 16 and 0.0 <= ev["metrics"]["accuracy"] <= 1.0
+    stages = [json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert stages[0] == 0 and stages[-1] == 1
+    assert (out / "recipe.yaml").read_text().startswith("seed: 1")
+    del teacher_net
+
+
+def test_compress_resume_continues_and_reaches_the_same_model(teacher, tmp_path):
+    glue, run, recipe = teacher
+    out = tmp_path / "c"
+    assert _compress(glue, run, recipe, out) == 0
+    before = {k: v.clone() for k, v in load_model(out / "model")[0].state_dict().items()}
+    # Pretend the run stopped before stage 1 finished: its done marker and the final files are gone.
+    (out / "stages" / "1-quant-prune" / "done.json").unlink()
+    shutil.rmtree(out / "model")
+    (out / "eval.json").unlink()
+    assert _compress(glue, run, recipe, out) == 2  # exists: needs --resume or --overwrite
+    assert _compress(glue, run, recipe, out, "--resume") == 0
+    after = load_model(out / "model")[0].state_dict()
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+
+
+def test_compress_errors_are_one_line(teacher, tmp_path, capsys):
+    glue, run, recipe = teacher
+    assert _compress(glue, run, recipe, tmp_path / "x", "--set", "stages.0.methods.0.keep=[0, 9]") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stages.0.methods.0" in err[0] and "keep" in err[0]
+    assert not (tmp_path / "x").exists()  # nothing written for a bad recipe
+    assert _compress(glue, tmp_path / "nope", recipe, tmp_path / "y") == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_size_command_prints_table_and_writes_size_json(teacher, tmp_path, capsys):
+    glue, run, recipe = teacher
+    assert main(["size", str(run)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((run / "size.json").read_text())
+    assert report["ratio"] == pytest.approx(1.0)  # an uncompressed model: every tensor fp32
+    assert f"{report['compressed_bytes']:,}" in out and "word_embeddings" in out
+    assert main(["size", str(tmp_path / "missing")]) == 2

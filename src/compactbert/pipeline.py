@@ -197,7 +197,7 @@ def _dry_run(rec, teacher_net, tokenizer, spec, source: str) -> None:
     for i, st in enumerate(rec.stages):
         state = TrainState(
             model=probe, teacher=teacher_net, total_steps=1000, steps_per_epoch=1000, task=spec,
-            tokenizer=tokenizer, extras={"bf16": False},
+            tokenizer=tokenizer, extras={"bf16": False, "dry_run": True},
         )
         for j, m in enumerate(st.methods):
             try:

@@ -29,6 +29,8 @@ student's existing masks (loaded with it) fixed, or, for layers without a mask, 
 
 from __future__ import annotations
 
+import warnings
+
 import math
 from typing import Any, Callable, Literal, Union
 
@@ -192,11 +194,19 @@ class _ScheduledPruning(Method):
         if total <= 0 and any(isinstance(v, float) and v > 0 for v in points):
             raise RuntimeError(f"{self.type}: fractional start/end need state.total_steps (got {total})")
         t0, t1 = resolve_point(self.start, total), resolve_point(self.end, total)
-        if self.schedule != "one_shot" and t1 <= t0:
+        if self.schedule != "one_shot" and t1 < t0:
             raise UserError(
                 f"{self.type}: end ({self.end!r} = step {t1}) must come after start ({self.start!r} = step {t0}) "
                 f"in a stage of {total} steps"
             )
+        if self.schedule != "one_shot" and t1 == t0:
+            # A stage too short for the schedule (a smoke run with --set ...epochs=0.01): prune in one shot.
+            warnings.warn(
+                f"{self.type}: end ({self.end!r} = step {t1}) falls on start ({self.start!r} = step {t0}) in a "
+                f"stage of {total} steps; pruning in one shot at step {t0}",
+                stacklevel=2,
+            )
+            t1 = t0
         if total > 0:  # the last update must happen at a step the loop runs
             t0, t1 = min(t0, total - 1), min(t1, total - 1)
         if self.schedule == "one_shot":
@@ -355,13 +365,15 @@ class MagnitudePruning(_UnitPruning):
             super()._attach(state)
             return
         self._layers = _targets(state.model, self.targets, "magnitude_pruning.targets: ")
-        self._resolve(state)
+        self._t0 = self._t1 = 0  # a locked mask has no schedule
         zeros = 0
         for layer in self._layers.values():
             if layer.weight_mask is None:  # a sparse model saved without masks: lock its zero pattern
                 layer.weight_mask = layer.weight.detach() != 0
             zeros += int((~_bool_mask(layer)).sum())
-        if zeros == 0:
+        # A recipe check (state.extras["dry_run"]) attaches later stages to an untrained copy whose
+        # masks the earlier stages have not filled yet: only a real run can find nothing to lock.
+        if zeros == 0 and not state.extras.get("dry_run"):
             raise UserError(
                 "magnitude_pruning.lock_mask: the targets have no pruning mask and no zero weights, so there is "
                 "nothing to lock; start from a pruned student, or give 'sparsity' instead of lock_mask"

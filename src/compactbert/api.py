@@ -46,6 +46,8 @@ _RESUME_KEYS = (
 # Examples kept by --max-train-samples / --max-eval-samples: one fixed subset whatever the seed, so
 # runs with different seeds (and later compression runs) see the same data.
 SUBSET_SEED = 0
+# Tensors without a quantizer are stored in fp16 by `export` (and counted so by `size`).
+PACKED_FLOAT_BITS = 16
 
 
 # --------------------------------------------------------------------------------------------------
@@ -609,6 +611,8 @@ def recipe_check(recipe: str | os.PathLike, overrides: list[str] | None = None):
 def size(path: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[str, Any]:
     """Packed-size report of a run directory or model folder; writes ``size.json``.
 
+    Tensors without a quantizer are counted at 16 bits, as ``compactbert export`` stores them
+    (``PACKED_FLOAT_BITS``), so ``compressed_bytes`` predicts the packed directory's size.
     The report lists every tensor (bits, parameters, sparsity, bytes) and the totals
     ``dense_fp32_bytes``, ``compressed_bytes`` and ``ratio``. It is written to ``out``, or to
     ``PATH/size.json`` for a run directory.
@@ -621,8 +625,94 @@ def size(path: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[
         raise UserError(f"{str(path)!r} does not exist; expected a run directory or a model folder")
     model_dir = Path(model_source(p))
     net, _ = _load_saved(model_dir, "model")
-    report = size_report(net)
+    report = size_report(net, uncompressed_bits=PACKED_FLOAT_BITS)
     target = Path(out) if out is not None else (p / "size.json" if is_run_dir(p) else None)
     if target is not None:
         atomic_write_json(target, report)
     return report
+
+
+# --------------------------------------------------------------------------------------------------
+# export / bench / report
+
+
+def export(
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    format: str = "packed",
+    prune_vocab: bool = False,
+    task: str | None = None,
+    data: str | os.PathLike | None = None,
+) -> Path:
+    """Export a run directory (its ``model/``) or a model folder.
+
+    Args:
+        path: a finetune/compress run directory or a model folder.
+        out: the folder to write.
+        format: ``packed`` (bit-packed weights, pruned structure removed; load with
+            :func:`compactbert.load`) or ``onnx`` (FP32 ONNX for ONNX Runtime).
+        prune_vocab: keep only the embedding rows of tokens that occur in the task's training and
+            dev data (plus special tokens); the tokenizer is remapped.
+        task, data: the task data for ``prune_vocab`` (default: the run's own).
+
+    Returns:
+        The output folder.
+    """
+    out = Path(out)
+    if format not in ("packed", "onnx"):
+        raise UserError(f"--format {format!r} is not valid; valid: packed, onnx")
+    src = Path(path)
+    if not src.exists():
+        raise UserError(f"{str(path)!r} does not exist; expected a run directory or a model folder")
+    if format == "onnx":
+        if prune_vocab:
+            raise UserError("--prune-vocab applies to --format packed only")
+        from .export.onnx import export_onnx_path
+
+        export_onnx_path(src, out)
+        return out
+    from .export.pack import export_packed
+
+    model_dir = Path(model_source(src))
+    net, tokenizer = _load_saved(model_dir, "model")
+    texts = None
+    if prune_vocab:
+        from .data.sources import load_examples
+        from .data.tasks import get_task
+
+        run_cfg = read_run(src) if is_run_dir(src) else {"config": {}}
+        task = task or run_cfg.get("task")
+        if task is None:
+            raise UserError("--prune-vocab needs the task data: give --task (and --data) for a model folder")
+        spec = get_task(task)
+        data = data if data is not None else run_cfg["config"].get("data")
+        texts = []
+        for split in ("train", *spec.eval_splits):
+            for ex in load_examples(spec, split, data):
+                texts.append(ex.text_a if ex.text_b is None else (ex.text_a, ex.text_b))
+    export_packed(net, tokenizer, out, prune_vocab_texts=texts)
+    return out
+
+
+def load(path: str | os.PathLike, **kwargs):
+    """Load a packed directory into the fast CPU runtime (see :func:`compactbert.runtime.load`)."""
+    from .runtime import load as _load
+
+    return _load(path, **kwargs)
+
+
+def bench(path, baseline=None, task=None, data=None, threads: int = 2, out=None, **kwargs) -> dict[str, Any]:
+    """Side-by-side speed, memory, size and accuracy (see :func:`compactbert.bench.core.bench`)."""
+    from .bench.core import BENCH_FILE, bench as _bench
+
+    if out is None:
+        first = path[0] if isinstance(path, (list, tuple)) else path
+        out = Path(first) / BENCH_FILE if first is not None and Path(first).is_dir() else BENCH_FILE
+    return _bench(path, baseline, task=task, data=data, threads=threads, out=out, **kwargs)
+
+
+def report(paths, out: str | os.PathLike = "report", title: str = "compactbert report", show: bool = True) -> Path:
+    """Table + plots (accuracy vs bytes / latency) as PNG and HTML (see :func:`compactbert.report.core.report`)."""
+    from .report.core import report as _report
+
+    return _report(paths, out, title=title, show=show)

@@ -222,6 +222,69 @@ def recipe_check(
     print("recipe OK")
 
 
+# --------------------------------------------------------------------------------------------------
+# export / bench / report
+
+
+@app.command(no_args_is_help=True)
+def export(
+    path: Annotated[str, typer.Argument(help="A finetune/compress run directory or a model folder.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.", show_default=False)],
+    format: Annotated[str, typer.Option("--format", help="packed (bit-packed, pruned structure removed) or onnx (FP32 ONNX).")] = "packed",
+    prune_vocab: Annotated[bool, typer.Option("--prune-vocab", help="Keep only embedding rows of tokens in the task data (+ special tokens).")] = False,
+    task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task for --prune-vocab (default: the run's).", show_default=False)] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Data for --prune-vocab (default: the run's).", show_default=False)] = None,
+) -> None:
+    """Export a model: a packed directory (small on disk, fast with compactbert.load) or ONNX.
+
+    Example: compactbert export runs/sst2-w1a8 --out packed/sst2-w1a8
+    """
+    from . import api
+
+    target = api.export(path, out, format=format, prune_vocab=prune_vocab, task=task, data=data)
+    total = sum(f.stat().st_size for f in Path(target).rglob("*") if f.is_file())
+    print(f"wrote {target} ({total:,} bytes on disk)")
+
+
+@app.command(no_args_is_help=True)
+def bench(
+    paths: Annotated[list[str], typer.Argument(help="Packed directories (or ONNX / model folders) to measure.", show_default=False)],
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="The FP32 teacher (run directory or model folder): measured in PyTorch eager and as ONNX Runtime FP32/int8.", show_default=False)] = None,
+    task: Annotated[Optional[str], typer.Option("--task", "-t", help="Also measure accuracy on this task's dev set.", show_default=False)] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help=_DATA_HELP, show_default=False)] = None,
+    threads: Annotated[int, typer.Option("--threads", help="Threads for every runtime.")] = 2,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="bench.json path (default: FIRST_PATH/bench.json).", show_default=False)] = None,
+    n_latency: Annotated[int, typer.Option(help="Timed batch-1 runs per model.")] = 50,
+    n_throughput: Annotated[int, typer.Option(help="Timed batch-32 runs per model.")] = 10,
+    max_eval_samples: Annotated[Optional[int], typer.Option(help="Accuracy on a fixed subset of this many dev examples.", show_default=False)] = None,
+) -> None:
+    """Latency (batch 1, p50/p90), throughput (batch 32, seq 128), peak memory, bytes on disk and accuracy, side by side.
+
+    Example: compactbert bench packed/sst2-w1a8 --baseline runs/sst2 --task sst2 --data ../shared/data/glue --threads 2
+    """
+    from . import api
+
+    api.bench(
+        paths, baseline, task=task, data=data, threads=threads, out=out, n_latency=n_latency,
+        n_throughput=n_throughput, max_eval_samples=max_eval_samples,
+    )
+
+
+@app.command(no_args_is_help=True)
+def report(
+    paths: Annotated[list[str], typer.Argument(help="Run directories, packed directories and bench.json files.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (index.html, PNG plots, report.md).")] = Path("report"),
+    title: Annotated[str, typer.Option(help="Title of the report.")] = "compactbert report",
+) -> None:
+    """Accuracy x size x latency: a table and plots (PNG + HTML).
+
+    Example: compactbert report runs/sst2 runs/sst2-w1a8 packed/sst2-w1a8/bench.json --out report
+    """
+    from . import api
+
+    api.report(paths, out, title=title)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script. Returns the exit status."""
     try:

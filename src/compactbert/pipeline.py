@@ -71,7 +71,7 @@ def compress(
 
     from . import __version__
     from .api import (
-        EVAL_FILE, SUBSET_SEED, _evaluate_model_dir, _load_saved, _quiet_transformers, _train_config,
+        EVAL_FILE, PACKED_FLOAT_BITS, SUBSET_SEED, _evaluate_model_dir, _load_saved, _quiet_transformers, _train_config,
         _write_run_files, check_output_dir, init_run_dir, load_for_task, model_source, read_run,
     )
     from .data.batching import encode
@@ -177,7 +177,7 @@ def compress(
         evaluation = _evaluate_model_dir(out / "model", spec, eval_features, eval_split, 64, bf16)
         atomic_write_json(out / EVAL_FILE, evaluation)
         final, _ = _load_saved(out / "model", "compressed model")
-        atomic_write_json(out / SIZE_FILE, size_report(final))
+        atomic_write_json(out / SIZE_FILE, size_report(final, uncompressed_bits=PACKED_FLOAT_BITS))
         info.update(status="done", stage_results=summaries, finished=_dt.datetime.now().isoformat(timespec="seconds"))
         _write_run_files(out, info, None)
     state.wait_for_everyone()

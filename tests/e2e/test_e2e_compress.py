@@ -120,6 +120,6 @@ def test_size_command_prints_table_and_writes_size_json(teacher, tmp_path, capsy
     assert main(["size", str(run)]) == 0
     out = capsys.readouterr().out
     report = json.loads((run / "size.json").read_text())
-    assert report["ratio"] == pytest.approx(1.0)  # an uncompressed model: every tensor fp32
+    assert report["ratio"] == pytest.approx(2.0)  # an uncompressed model: stored fp16, as export does
     assert f"{report['compressed_bytes']:,}" in out and "word_embeddings" in out
     assert main(["size", str(tmp_path / "missing")]) == 2

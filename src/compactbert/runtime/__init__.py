@@ -10,9 +10,12 @@ weights once to the fastest representation for this CPU, and returns a :class:`P
 
 Representation (chosen by measurement, see :mod:`compactbert.runtime.kernels`): every weight,
 whatever its bit width, becomes a bf16 matrix in oneDNN's blocked layout, and the products run on
-the AMX/AVX512-BF16 units with bias, activation and residual fused. ``dtype="float32"`` gives the
-exact path: it reproduces the training-time model's logits (the packed weights decode bitwise to the
-values the training-time layers used, and activation quantizers are emulated).
+the AMX/AVX512-BF16 units with bias, activation and residual fused. ``dtype="fp32"`` is the exact
+path: quantized weights decode bitwise to the values the training-time layers used and activation
+quantizers are emulated, so with uncompressed tensors exported as float32
+(``export_packed(..., float_dtype="float32")``) it reproduces the training-time logits (to ~1e-6).
+bf16 does not emulate activation quantizers (``act_quant="auto"``): a model trained with 8-bit
+activations then sees full-precision ones.
 """
 
 from __future__ import annotations

@@ -1,0 +1,238 @@
+"""Runners: one callable per way of running a model, ``runner(feed) -> logits``.
+
+A *runner* takes a batch as a dict of int64 numpy arrays (``input_ids``, ``attention_mask``,
+optionally ``token_type_ids``; each ``(batch, seq)``) and returns the logits as a float32 numpy
+array ``(batch, num_labels)``. Each runner also says which kernels it runs on (``kernels``), so a
+result can be explained.
+
+Kinds:
+
+* ``torch-fp32``: a Hugging Face folder in PyTorch eager FP32 (``compactbert.nn.io.load_model``,
+  which also rebuilds compressed layers from ``compression.json``).
+* ``torch-int8``: the same, with ``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear``
+  (int8 weights, dynamic per-tensor activations, fbgemm/x86 kernels).
+* ``ort-fp32``, ``ort-int8``, ``ort-int8-fused`` ...: any ``.onnx`` file through ONNX Runtime's CPU
+  execution provider; the kernels are read from ORT's own optimized graph.
+* ``packed``: a compactbert packed directory through :func:`compactbert.runtime.load`.
+
+Runners are built inside the benchmark's child process, so the imports here are local: an ONNX
+Runtime child never imports torch (its memory is ORT's alone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Runner", "build_runner", "RUNNER_KINDS", "quiet_load", "quiet_transformers"]
+
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class Runner:
+    """A model ready to run: ``runner(feed) -> logits``.
+
+    Attributes:
+        fn: the function doing the work, given only the inputs the model takes.
+        kernels: which kernels / libraries compute the model (one line).
+        input_names: the inputs ``fn`` takes; others in the feed are dropped.
+    """
+
+    fn: Callable[[dict[str, np.ndarray]], np.ndarray]
+    kernels: str
+    input_names: tuple[str, ...] = _MODEL_INPUTS
+    info: dict = field(default_factory=dict)
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.fn({k: feed[k] for k in self.input_names if k in feed})
+
+
+def _set_torch_threads(threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' warnings and progress bars (loading, saving) inside the block."""
+    from transformers.utils import logging as hf_logging
+
+    before, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def quiet_load(path: str):
+    """``(model, tokenizer)`` from a model folder (:func:`compactbert.nn.io.load_model`) without
+    transformers' load warnings and progress bars; the model in eval mode."""
+    from ..nn.io import load_model
+
+    with quiet_transformers():
+        model, tok = load_model(path)
+    return model.eval(), tok
+
+
+def _torch_runner(path: str, threads: int | None, int8: bool = False) -> Runner:
+    import torch
+
+    _set_torch_threads(threads)
+    model, _ = quiet_load(path)
+    model = model.float()  # a checkpoint saved in bf16/fp16 still runs as the FP32 reference
+    attn = getattr(model.config, "_attn_implementation", None)
+    if int8:
+        import warnings
+
+        with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao
+            warnings.simplefilter("ignore")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        engine = torch.backends.quantized.engine
+        kernels = f"PyTorch {torch.__version__} eager: quantized::linear_dynamic int8 ({engine}), attention={attn}"
+    else:
+        blas = "MKL sgemm" if torch.backends.mkl.is_available() else "sgemm"
+        kernels = f"PyTorch {torch.__version__} eager FP32: aten::linear ({blas}), attention={attn}"
+    params = inspect.signature(model.forward).parameters
+    names = tuple(n for n in _MODEL_INPUTS if n in params)
+    if "token_type_ids" in names and (getattr(model.config, "type_vocab_size", 2) or 0) < 2:
+        names = tuple(n for n in names if n != "token_type_ids")
+
+    def fn(feed: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            out = model(**{k: torch.from_numpy(v) for k, v in feed.items()})
+        return out.logits.float().numpy()
+
+    return Runner(fn, kernels, names)
+
+
+# ONNX op types that do the arithmetic (the rest reshape, cast and gather).
+_COMPUTE_OPS = ("MatMul", "Gemm", "Attention", "Quantize", "LayerNorm", "Gelu", "Softmax", "Conv")
+
+
+def _ort_kernels(optimized: Path, version: str) -> str:
+    from ..export.onnx import onnx_op_counts
+
+    try:
+        counts = onnx_op_counts(optimized)
+    except Exception:  # noqa: BLE001 - the description is best effort
+        return f"ONNX Runtime {version} CPU EP"
+    compute = [(op, n) for op, n in counts.items() if any(k in op for k in _COMPUTE_OPS)]
+    ops = ", ".join(f"{op} x{n}" for op, n in compute[:6])
+    return f"ONNX Runtime {version} CPU EP (MLAS): {ops}"
+
+
+def _ort_runner(path: str, threads: int | None) -> Runner:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    with tempfile.TemporaryDirectory(prefix="cb-ort-") as tmp:
+        # ORT writes the graph it will really run (after its fusions): that says which kernels run.
+        optimized = Path(tmp) / "optimized.onnx"
+        opts.optimized_model_filepath = str(optimized)
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        kernels = _ort_kernels(optimized, ort.__version__)
+    names = tuple(i.name for i in sess.get_inputs())
+    out_name = sess.get_outputs()[0].name
+
+    def fn(feed: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(sess.run([out_name], feed)[0], dtype=np.float32)
+
+    return Runner(fn, kernels, names)
+
+
+def _describe_packed(model) -> str:
+    """One line on how a :class:`compactbert.runtime.PackedModel` computes."""
+    for attr in ("kernels", "describe"):  # a runtime that describes itself knows best
+        value = getattr(model, attr, None)
+        value = value() if callable(value) else value
+        if isinstance(value, str) and value:
+            return value
+    dtype, backend = getattr(model, "dtype", "?"), getattr(model, "backend", "?")
+    if backend == "mkldnn":
+        how = "oneDNN mkldnn._linear_pointwise (bias/GELU/residual fused; AMX / AVX512-BF16)"
+    else:
+        how = "torch F.linear"
+    parts = [f"compactbert runtime: {dtype} weights, {how}"]
+    if getattr(model, "act_quant", False):
+        parts.append("activation quantizers emulated")
+    cfg = getattr(model, "config", None) or {}
+    heads, ffn = cfg.get("heads_per_layer"), cfg.get("ffn_per_layer")
+
+    def per_layer(values) -> str:
+        values = list(values or [])
+        return str(values[0]) if values and len(set(values)) == 1 else str(values)
+
+    if heads is not None:
+        parts.append(f"{len(heads)} layers, heads {per_layer(heads)}, ffn {per_layer(ffn)}")
+    return "; ".join(parts)
+
+
+def _packed_runner(path: str, threads: int | None) -> Runner:
+    """The compressed model from a packed directory, via :func:`compactbert.runtime.load`."""
+    import torch
+
+    from ..runtime import load
+
+    _set_torch_threads(threads)
+    kwargs = {}
+    params = inspect.signature(load).parameters
+    if "threads" in params:
+        kwargs["threads"] = threads
+    model = load(path, **kwargs)
+
+    def fn(feed: dict[str, np.ndarray]) -> np.ndarray:
+        types = feed.get("token_type_ids")
+        with torch.inference_mode():
+            out = model(
+                torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"]),
+                None if types is None else torch.from_numpy(types),
+            )
+        out = getattr(out, "logits", out)
+        if isinstance(out, torch.Tensor):
+            return out.float().numpy()
+        return np.asarray(out, dtype=np.float32)
+
+    return Runner(fn, _describe_packed(model), _MODEL_INPUTS)
+
+
+RUNNER_KINDS: dict[str, Callable[[str, int | None], Runner]] = {
+    "torch-fp32": lambda path, threads: _torch_runner(path, threads, int8=False),
+    "torch-int8": lambda path, threads: _torch_runner(path, threads, int8=True),
+    "ort": _ort_runner,
+    "packed": _packed_runner,
+}
+
+
+def build_runner(kind: str, path: str | os.PathLike, threads: int | None) -> Runner:
+    """Build the runner of ``kind`` for the model at ``path``.
+
+    Args:
+        kind: ``torch-fp32``, ``torch-int8``, ``packed``, or any kind starting with ``ort``
+            (``ort-fp32``, ``ort-int8``, ...), for which ``path`` is an ``.onnx`` file.
+        path: the model folder / packed folder / ONNX file.
+        threads: intra-op threads (torch.set_num_threads, ORT intra_op_num_threads); None: default.
+    """
+    key = "ort" if kind.startswith("ort") else kind
+    if key not in RUNNER_KINDS:
+        raise ValueError(f"unknown runner kind {kind!r}; valid: {', '.join(RUNNER_KINDS)} (ort-*)")
+    return RUNNER_KINDS[key](str(path), threads)

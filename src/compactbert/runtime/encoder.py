@@ -1,0 +1,208 @@
+"""A lean encoder forward for BERT / RoBERTa / DistilBERT / ELECTRA layouts, built from dense weights.
+
+Compared with running the Hugging Face module in bf16 it:
+
+* fuses Q, K and V into one product (``(tokens, hidden) @ (hidden, 3 * heads * head_dim)``);
+* fuses bias, GELU and the residual add into the products (oneDNN post-ops, :mod:`.kernels`);
+* takes per-layer head counts and FFN widths from the config (pruned heads and neurons are
+  physically absent; a layer with no head or no neuron left adds only its constant bias);
+* in the last layer computes only the ``[CLS]`` row after the attention's keys and values (the
+  classifier reads nothing else), which saves ~1/num_layers of the work;
+* runs the small classification head in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kernels import ActQuant, Linear
+
+__all__ = ["LeanEncoder"]
+
+
+class _Layer(nn.Module):
+    """One encoder layer's weights (absent parts are None)."""
+
+    def __init__(self, heads: int, qkv, q, k, v, o, o_const, ln1, up, down, down_const, ln2):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.q, self.k, self.v, self.o = qkv, q, k, v, o  # fused Q/K/V, or separate ones
+        self.up, self.down = up, down
+        # (hidden,) output of an attention block with no heads / an FFN with no neurons
+        self.register_buffer("o_const", o_const)
+        self.register_buffer("down_const", down_const)
+        self.register_buffer("ln1_w", ln1[0])
+        self.register_buffer("ln1_b", ln1[1])
+        self.register_buffer("ln2_w", ln2[0])
+        self.register_buffer("ln2_b", ln2[1])
+
+
+class LeanEncoder(nn.Module):
+    """Sequence-classification forward over dense weights.
+
+    Args:
+        config: The packed ``config.json`` (``arch``, ``hidden_size``, ``head_dim``,
+            ``heads_per_layer``, ``ffn_per_layer``, ``hidden_act``, ``layer_norm_eps``, ...).
+        tensors: Canonical name -> float32 tensor (``layer.0.attn.q.weight`` ...).
+        dtype: Compute dtype: ``torch.bfloat16`` or ``torch.float32``.
+        backend: ``"mkldnn"`` or ``"torch"`` (see :class:`~.kernels.Linear`).
+        act_quant: Canonical linear name -> ``{"spec", "scale", "zero_point"}``: activation
+            quantizers to emulate, or None to run without them.
+        vocab_map: (original vocab,) old token id -> embedding row, after vocabulary pruning.
+    """
+
+    def __init__(self, config: dict[str, Any], tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32,
+                 backend: str = "torch", act_quant: dict[str, dict[str, Any]] | None = None,
+                 vocab_map: torch.Tensor | None = None):
+        super().__init__()
+        self.config = config
+        self.dtype = dtype
+        self.backend = backend
+        self.hidden = int(config["hidden_size"])
+        self.head_dim = int(config["head_dim"])
+        self.eps = float(config["layer_norm_eps"])
+        self.act = str(config["hidden_act"])
+        self.pad_id = int(config["pad_token_id"])
+        self.position_style = config.get("position_style", "absolute")
+        self.position_offset = self.pad_id + 1 if self.position_style == "roberta" else 0
+        self.register_buffer("vocab_map", vocab_map)
+        aq = act_quant or {}
+
+        def t(name: str) -> torch.Tensor:
+            return tensors[name]
+
+        def lin(name: str, dt: torch.dtype | None = None, backend: str | None = None) -> Linear:
+            spec = aq.get(name)
+            quant = ActQuant(spec["spec"], spec.get("scale"), spec.get("zero_point")) if spec else None
+            bias = tensors.get(f"{name}.bias")
+            return Linear(t(f"{name}.weight"), bias, dt or dtype, backend or self.backend, quant)
+
+        # embeddings: tables in the compute dtype; sum and LayerNorm in float32
+        self.register_buffer("word", t("emb.word.weight").to(dtype))
+        self.register_buffer("position", t("emb.position.weight").to(dtype))
+        tt = t("emb.token_type.weight").to(dtype) if "emb.token_type.weight" in tensors else None
+        self.register_buffer("token_type", tt)
+        self.register_buffer("emb_ln_w", t("emb.ln.weight").float())
+        self.register_buffer("emb_ln_b", t("emb.ln.bias").float())
+        self.proj = lin("emb.proj") if "emb.proj.weight" in tensors else None
+        self.max_positions = self.position.shape[0] - self.position_offset
+
+        self.layers = nn.ModuleList()
+        for i, (heads, width) in enumerate(zip(config["heads_per_layer"], config["ffn_per_layer"])):
+            p = f"layer.{i}"
+            qkv = q = k = v = o = None
+            o_const = None
+            if heads > 0:
+                keys = {(ActQuant(aq[n]["spec"], aq[n].get("scale"), aq[n].get("zero_point")).key() if n in aq else None)
+                        for n in (f"{p}.attn.q", f"{p}.attn.k", f"{p}.attn.v")}
+                if len(keys) == 1:
+                    w = torch.cat([t(f"{p}.attn.{n}.weight") for n in "qkv"])  # (3 * heads * d, hidden)
+                    bs = [tensors.get(f"{p}.attn.{n}.bias") for n in "qkv"]
+                    b = torch.cat([x if x is not None else torch.zeros(heads * self.head_dim) for x in bs])
+                    spec = aq.get(f"{p}.attn.q")
+                    quant = ActQuant(spec["spec"], spec.get("scale"), spec.get("zero_point")) if spec else None
+                    qkv = Linear(w, b, dtype, self.backend, quant)
+                else:
+                    q, k, v = (lin(f"{p}.attn.{n}") for n in "qkv")
+                o = lin(f"{p}.attn.o")
+            else:
+                bias = tensors.get(f"{p}.attn.o.bias")
+                o_const = (bias if bias is not None else torch.zeros(self.hidden)).to(dtype)
+            up = down = down_const = None
+            if width > 0:
+                up, down = lin(f"{p}.ffn.up"), lin(f"{p}.ffn.down")
+            else:
+                bias = tensors.get(f"{p}.ffn.down.bias")
+                down_const = (bias if bias is not None else torch.zeros(self.hidden)).to(dtype)
+            self.layers.append(_Layer(
+                int(heads), qkv, q, k, v, o, o_const,
+                (t(f"{p}.attn.ln.weight").to(dtype), t(f"{p}.attn.ln.bias").to(dtype)),
+                up, down, down_const,
+                (t(f"{p}.ffn.ln.weight").to(dtype), t(f"{p}.ffn.ln.bias").to(dtype)),
+            ))
+        # classification head: tiny, float32
+        head = config["head"]
+        self.head_act = head.get("activation")
+        self.head_dense = lin("head.dense", torch.float32, "torch") if "head.dense.weight" in tensors else None
+        self.head_out = lin("head.out", torch.float32, "torch")
+
+    # ------------------------------------------------------------------ pieces
+    def _embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        # input_ids: (batch, seq) original ids -> (batch * seq, hidden) in the compute dtype
+        b, s = input_ids.shape
+        ids = self.vocab_map[input_ids] if self.vocab_map is not None else input_ids
+        x = self.word[ids].float()  # (batch, seq, emb)
+        if self.token_type is not None:
+            tt = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+            x = x + self.token_type[tt].float()
+        if self.position_style == "roberta":
+            not_pad = input_ids.ne(self.pad_id).int()
+            pos = torch.cumsum(not_pad, dim=1).type_as(not_pad) * not_pad + self.pad_id  # (batch, seq)
+            x = x + self.position[pos.long()].float()
+        else:
+            x = x + self.position[:s].float()  # (seq, emb) broadcast
+        x = F.layer_norm(x, (x.shape[-1],), self.emb_ln_w, self.emb_ln_b, self.eps)
+        x = x.to(self.dtype).reshape(b * s, -1)
+        if self.proj is not None:
+            x = self.proj(x)  # (tokens, hidden)
+        return x
+
+    def _ln(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (self.hidden,), w, b, self.eps)
+
+    def _layer(self, lay: _Layer, x: torch.Tensor, b: int, s: int, mask: torch.Tensor | None, last: bool) -> torch.Tensor:
+        # x: (batch * seq, hidden); in the last layer the result is (batch, hidden): the [CLS] rows
+        d = self.head_dim
+        if last:
+            res = x.view(b, s, self.hidden)[:, 0]  # (batch, hidden)
+        else:
+            res = x
+        if lay.heads == 0:
+            x = self._ln(res + lay.o_const, lay.ln1_w, lay.ln1_b)
+        else:
+            h = lay.heads
+            if lay.qkv is not None:
+                qkv = lay.qkv(x)  # (tokens, 3 * h * d)
+                q, k, v = qkv.view(b, s, 3, h, d).permute(2, 0, 3, 1, 4)  # each (batch, h, seq, d)
+            else:
+                q, k, v = (lin(x).view(b, s, h, d).transpose(1, 2) for lin in (lay.q, lay.k, lay.v))
+            if last:
+                q = q[:, :, :1]  # (batch, h, 1, d): only [CLS] queries
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (batch, h, sq, d)
+            ctx = ctx.transpose(1, 2).reshape(-1, h * d)  # (batch * sq, h * d)
+            x = self._ln(lay.o(ctx, residual=res), lay.ln1_w, lay.ln1_b)
+        if lay.up is None:
+            return self._ln(x + lay.down_const, lay.ln2_w, lay.ln2_b)
+        hmid = lay.up(x, activation=self.act)  # (rows, ffn)
+        return self._ln(lay.down(hmid, residual=x), lay.ln2_w, lay.ln2_b)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (batch, num_labels), float32.
+
+        Args:
+            input_ids: (batch, seq) int64 original token ids (validated by the caller).
+            attention_mask: (batch, seq) 1/0, or None when nothing is padded (faster).
+            token_type_ids: (batch, seq) or None (zeros).
+        """
+        b, s = input_ids.shape
+        mask = None
+        if attention_mask is not None:
+            keep = attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, seq)
+            mask = torch.zeros(keep.shape, dtype=self.dtype, device=keep.device)
+            mask = mask.masked_fill(~keep, torch.finfo(self.dtype).min)
+        x = self._embed(input_ids, token_type_ids)  # (batch * seq, hidden)
+        n = len(self.layers)
+        if n == 0:
+            x = x.view(b, s, self.hidden)[:, 0]
+        for i, lay in enumerate(self.layers):
+            x = self._layer(lay, x, b, s, mask, last=(i == n - 1))
+        cls = x.float()  # (batch, hidden)
+        if self.head_dense is not None:
+            cls = self.head_dense(cls, activation=self.head_act)
+        return self.head_out(cls)  # (batch, num_labels)

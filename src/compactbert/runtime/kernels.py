@@ -1,0 +1,171 @@
+"""The linear layers and small kernels of the runtime, and why they are what they are.
+
+Measured with ``benchmarks/kernels.py`` on the project's 2-core Xeon (AVX-512 VNNI, AMX bf16/int8),
+MiniLM-L6 shapes, torch 2.13. The machine was shared with other jobs, so the decisive numbers are
+CPU time of one thread (``--clock cpu``), side by side in one process::
+
+    FFN up product, 4096 x 384 @ 384 x 1536   ms (GOP/s)   note
+    FP32 F.linear                             38.0 (127)
+    bf16 F.linear                              9.1 (533)    the bias is copied into the output first
+    bf16 oneDNN, weight reordered at load      5.4 (893)    mkldnn._linear_pointwise: chosen
+    int8 oneDNN qlinear, product only          3.9 (1254)   AMX int8: 1.4x bf16 ...
+    int8 oneDNN + per-token act. quant        17.6 (275)    ... but quantizing activations costs 3x that
+    int8 torch._int_mm + act. quant           63.5 (76)     int32 output, then scales: slowest
+
+Whole MiniLM-L6 forward, speed-up over FP32 eager (1 thread, CPU time): this runtime in bf16 5.0x at
+batch 32 x 128 and 3.3x at batch 1 x 128; Hugging Face in bf16 3.9x / 2.0x; ``torch.compile`` of the
+bf16 model 3.7x / 2.4x (10-15 s compile per shape); ``torch.ao`` dynamic int8 1.7x / 1.9x; ONNX
+Runtime dynamic int8 2.3x / 3.3x. The same lean encoder with int8 oneDNN linears (per-token or
+per-tensor dynamic activation quantization) or fbgemm dynamic int8 was 1.2-1.5x slower than bf16 at
+batch 1 and 2.5-3.5x slower at batch 32, and ``torch.compile`` of the lean encoder (with or without
+weight freezing, static or dynamic shapes) was as fast at best and ~20% slower at batch 32 x 128 than
+these eager oneDNN calls, besides compiling for 5-40 s.
+
+So every weight, whatever its stored bit width, is unpacked at load to bf16 in oneDNN's blocked
+layout, and ``torch.ops.mkldnn._linear_pointwise`` fuses bias, GELU/ReLU/SiLU and the residual add
+into the product. What is left (1 thread, batch 32, per layer): attention (SDPA flash kernel, ~25%:
+softmax over 128 keys dominates), the FFN products (~35%, of which the fused GELU is ~7%), QKV/output
+products (~10%), LayerNorms (~5%).
+
+On a CPU without native bf16 (no AVX512-BF16 / AMX) the runtime uses FP32 (``F.linear``), which is
+also the exact reference path.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["cpu_has_native_bf16", "mkldnn_available", "Linear", "ActQuant", "activation_fn"]
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AMX-BF16 or AVX512-BF16): bf16 is then fast."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"amx_bf16", "avx512_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def mkldnn_available() -> bool:
+    """True when PyTorch's oneDNN fused linear ops can be used here."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        w = torch.ops.mkldnn._reorder_linear_weight(torch.ones(8, 8, dtype=torch.bfloat16), None)
+        y = torch.ops.mkldnn._linear_pointwise(torch.ones(2, 8, dtype=torch.bfloat16), w, None, "none", [], "")
+        return bool(torch.allclose(y.float(), torch.full((2, 8), 8.0)))
+    except (RuntimeError, AttributeError):
+        return False
+
+
+_TORCH_ACT = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "tanh": torch.tanh,
+}
+# (attr, algorithm) of oneDNN's fused post-op
+_MKLDNN_ACT = {"gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh"), "relu": ("relu", ""), "silu": ("swish", "")}
+
+
+def activation_fn(name: str):
+    """The element-wise function for an activation name (gelu, gelu_tanh, relu, silu, tanh)."""
+    return _TORCH_ACT[name]
+
+
+class ActQuant:
+    """Emulates a training-time activation quantizer exactly (fake quantization in float32).
+
+    ``spec["kind"]`` is ``"dynamic_act"`` (per-token symmetric, scale = max|x| / qmax) or
+    ``"static_act"`` (calibrated scale and zero point). The arithmetic follows
+    :mod:`compactbert.nn.quantizers` operation by operation, so results are bitwise equal.
+    """
+
+    def __init__(self, spec: dict[str, Any], scale: torch.Tensor | None = None, zero_point: torch.Tensor | None = None):
+        self.kind = spec["kind"]
+        bits = int(spec["bits"])
+        self.symmetric = bool(spec.get("symmetric", True))
+        self.qmax = 2 ** (bits - 1) - 1 if self.symmetric else 2**bits - 1
+        self.qmin = -self.qmax if self.symmetric else 0
+        self.scale = scale.reshape(()).float() if scale is not None else None
+        self.zero_point = zero_point.reshape(()).float() if zero_point is not None else None
+        if self.kind not in ("dynamic_act", "static_act"):
+            raise ValueError(f"unknown activation quantizer {self.kind!r}")
+
+    def key(self) -> tuple:
+        """Equal keys quantize equal inputs equally (so Q/K/V can share one quantized input)."""
+        s = float(self.scale) if self.scale is not None else None
+        z = float(self.zero_point) if self.zero_point is not None else None
+        return (self.kind, self.qmax, self.symmetric, s, z)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        if self.kind == "dynamic_act":
+            scale = (xf.abs().amax(dim=-1, keepdim=True) / self.qmax).clamp_min(1e-30)  # (..., 1)
+            out = torch.round(xf / scale).clamp(-self.qmax, self.qmax) * scale
+        else:
+            v = xf / self.scale
+            if self.zero_point is not None:
+                v = v + self.zero_point
+            codes = torch.round(v.clamp(self.qmin, self.qmax))
+            out = (codes - self.zero_point if self.zero_point is not None else codes) * self.scale
+        return out.to(x.dtype)
+
+
+class Linear(nn.Module):
+    """``y = act(x @ W^T + b) [+ residual]`` on one of two backends.
+
+    Args:
+        weight: (out, in) float32.
+        bias: (out,) float32 or None.
+        dtype: compute dtype (``torch.bfloat16`` or ``torch.float32``).
+        backend: ``"mkldnn"`` (oneDNN, weight reordered once, fused post-ops) or ``"torch"``
+            (``F.linear``; what ``torch.compile`` rewrites into fused oneDNN calls itself).
+        act_quant: an :class:`ActQuant` applied to the input first, or None.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, backend: str,
+                 act_quant: ActQuant | None = None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.backend = backend
+        self.act_quant = act_quant
+        w = weight.to(dtype).contiguous()
+        self.bias = nn.Parameter(bias.to(dtype).contiguous(), requires_grad=False) if bias is not None else None
+        if backend == "mkldnn":
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(w, None)  # oneDNN blocked layout
+            self.weight = None
+        elif backend == "torch":
+            self.weight = nn.Parameter(w, requires_grad=False)
+        else:
+            raise ValueError(f"unknown backend {backend!r}")
+
+    def forward(self, x: torch.Tensor, activation: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (tokens, in) -> (tokens, out)
+        if self.act_quant is not None:
+            x = self.act_quant(x)
+        if self.backend == "mkldnn":
+            if residual is not None and activation is None:
+                return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.bias, "add")
+            attr, alg = _MKLDNN_ACT[activation] if activation is not None else ("none", "")
+            y = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, attr, [], alg)
+        else:
+            y = F.linear(x, self.weight, self.bias)
+            if activation is not None:
+                y = _TORCH_ACT[activation](y)
+        if residual is not None:
+            y = y + residual
+        return y

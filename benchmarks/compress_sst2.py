@@ -55,6 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-train-samples", type=int, default=8000)
     p.add_argument("--only", nargs="*", default=None, help="recipe names to run (default: all)")
     p.add_argument("--timing-steps", type=int, default=15)
+    p.add_argument("--eval-every", type=int, default=250, help="evaluate every N steps (the learning curve)")
+    p.add_argument("--augment-copies", type=int, default=1, help="synonym copies per example where a recipe augments")
+    p.add_argument("--table-only", action="store_true",
+                   help="run nothing: measure the step cost and write the table from the rows already in --out")
+    p.add_argument("--no-table", action="store_true", help="run the configurations, write their rows, no table")
     p.add_argument("--results", default=str(RESULTS))
     return p.parse_args(argv)
 
@@ -104,6 +109,10 @@ def step_cost(teacher: str, data: str, n: int) -> dict[str, float]:
     return out
 
 
+def _curve(records: list[dict]) -> str:
+    return " -> ".join(f"{r['metrics']['accuracy'] * 100:.1f}" for r in records)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -114,17 +123,16 @@ def main(argv=None) -> int:
     from compactbert.recipe import Recipe
 
     teacher = Path(args.teacher)
-    rows = []
     t_eval = json.loads((teacher / "eval.json").read_text())
     t_size = api.size(teacher, out=teacher / "size.json")
     fp32 = t_size["dense_fp32_bytes"]
-    rows.append(dict(name="teacher (FP32, fine-tuned)", acc=t_eval["metrics"]["accuracy"], bytes=t_size["compressed_bytes"],
-                     steps="-", wall=None, curve=""))
-    for name, recipe, extra in CONFIGS:
+    for name, recipe, extra in ([] if args.table_only else CONFIGS):
         if args.only and recipe not in args.only:
             continue
         rec = Recipe.load(api.find_recipe(recipe))
         overrides = [f"stages.{i}.epochs={args.epochs}" for i in range(len(rec.stages))] + extra
+        overrides += [f"stages.{i}.eval_every={args.eval_every}" for i in range(len(rec.stages))]
+        overrides += [f"stages.{i}.augment.n_aug={args.augment_copies}" for i, st in enumerate(rec.stages) if st.augment]
         out = Path(args.out) / recipe
         t0 = time.perf_counter()
         api.compress(recipe, teacher, "sst2", out, data=args.data, overrides=overrides,
@@ -134,40 +142,52 @@ def main(argv=None) -> int:
         size = json.loads((out / "size.json").read_text())
         info = json.loads((out / "run.json").read_text())
         curve = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        curve_txt = " -> ".join(f"{c['metrics']['accuracy'] * 100:.1f}" for c in curve)
+        rows = []
         if recipe == "xtc-layer-reduction-binary":
             s0 = stage_dir(out, 0, rec.stages[0].name) / "model"
             e0 = api.evaluate(s0, task="sst2", data=args.data)
             z0 = api.size(s0)
-            c0 = [c for c in curve if c["stage"] == 0]
             rows.append(dict(name="3L [1,3,5] FP32 + KD (XTC step 1)", acc=e0["metrics"]["accuracy"],
                              bytes=z0["compressed_bytes"], steps=str(info["stage_results"][0]["steps"]), wall=None,
-                             curve=" -> ".join(f"{c['metrics']['accuracy'] * 100:.1f}" for c in c0)))
+                             curve=_curve([c for c in curve if c["stage"] == 0])))
         rows.append(dict(name=name, acc=ev["metrics"]["accuracy"], bytes=size["compressed_bytes"],
-                         steps=" + ".join(str(s["steps"]) for s in info["stage_results"]), wall=wall, curve=curve_txt))
+                         steps=" + ".join(str(s["steps"]) for s in info["stage_results"]), wall=wall, curve=_curve(curve),
+                         overrides=overrides))
+        (out / "bench_rows.json").write_text(json.dumps(rows, indent=1))
         print(f"{name}: acc {ev['metrics']['accuracy']:.4f}, {size['compressed_bytes']:,} B "
               f"({fp32 / size['compressed_bytes']:.1f}x), {wall / 60:.1f} min", flush=True)
+    if args.no_table:
+        return 0
 
+    rows = [dict(name="teacher (FP32, fine-tuned)", acc=t_eval["metrics"]["accuracy"], bytes=t_size["compressed_bytes"],
+                 steps="-", wall=None, curve="")]
+    for _, recipe, _ in CONFIGS:
+        f = Path(args.out) / recipe / "bench_rows.json"
+        if f.is_file():
+            rows += json.loads(f.read_text())
     cost = step_cost(str(teacher), args.data, args.timing_steps)
     print(f"step cost: plain {cost['plain']:.3f}s, qat+kd {cost['qat+kd']:.3f}s, ratio {cost['ratio']:.2f}", flush=True)
 
     t_acc = rows[0]["acc"]
-    table = ["| model | dev acc | Δ vs teacher | packed bytes | x smaller than FP32 | steps | dev acc per eval |",
-             "|---|---|---|---|---|---|---|"]
+    table = ["| model | dev acc | Δ vs teacher | packed bytes | x smaller than FP32 | steps | minutes | dev acc per eval |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        minutes = "" if r["wall"] is None else f"{r['wall'] / 60:.1f}"
         table.append(
             f"| {r['name']} | {r['acc'] * 100:.2f}% | {(r['acc'] - t_acc) * 100:+.2f} | {r['bytes']:,} | "
-            f"{fp32 / r['bytes']:.1f}x | {r['steps']} | {r['curve']} |"
+            f"{fp32 / r['bytes']:.1f}x | {r['steps']} | {minutes} | {r['curve']} |"
         )
     body = f"""## Compression on SST-2 (`benchmarks/compress_sst2.py`)
 
 Measured {datetime.now().strftime("%Y-%m-%d")} on {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__},
 compactbert {compactbert.__version__}. Teacher: `{teacher.name}` (MiniLM-L6 fine-tuned on SST-2 by
 `benchmarks/finetune_sst2.py`), FP32 size {fp32:,} bytes (embeddings included).
-Command: `python benchmarks/compress_sst2.py {" ".join(sys.argv[1:] if argv is None else argv)}`
+Commands: the configurations ran as `python benchmarks/compress_sst2.py --no-table --only RECIPE ...` (two
+processes side by side, one thread each; the exact `--set` overrides of each run are in its
+`bench_rows.json`), then `python benchmarks/compress_sst2.py {" ".join(sys.argv[1:] if argv is None else argv)}`.
 
-**Shortened schedules.** Every stage ran {args.epochs:g} epoch(s) on a fixed subset of
-{args.max_train_samples:,} SST-2 training sentences (the recipes say 3 to 18 epochs on all 67,349);
+**Shortened schedules.** Every stage ran one pass over a fixed subset of SST-2 training sentences
+(see the steps column; batch 32) (the recipes say 3 to 18 epochs on all 67,349);
 dev accuracy is on the full dev set (872). XTC's finding is that 1-2 bit models need the long
 schedule: these numbers are what 2 CPU cores allowed, not the method's ceiling. The last column is
 the dev accuracy at each evaluation of the run (its learning curve, stage after stage).

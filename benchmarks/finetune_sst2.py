@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=None, help="cap the full run (smoke test); implies no RESULTS.md")
     p.add_argument("--timing-steps", type=int, default=40, help="timed steps per precision in the speed windows")
     p.add_argument("--warmup-steps", type=int, default=5, help="untimed steps before each speed window")
+    p.add_argument("--from-run", default=None,
+                   help="take the fine-tuning result from this finished run directory (made by `compactbert finetune` "
+                        "with the same settings) instead of training again; only the speed windows run")
     p.add_argument("--results", default=None, help=f"markdown file to update (default: {RESULTS} unless --max-steps)")
     return p.parse_args(argv)
 
@@ -135,17 +138,26 @@ def main(argv=None) -> int:
         print(f"{precision}: {speed[precision]:.2f} training steps/s (batch {args.batch_size})", flush=True)
 
     t0 = time.perf_counter()
-    run = compactbert.finetune(
-        args.model, "sst2", data=args.data, out=args.out, epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size, max_seq_length=args.max_seq_length, seed=args.seed, bf16=True,
-        eval_every=args.eval_every, max_steps=args.max_steps, overwrite=True, warmup_ratio=0.06,
-    )
-    wall = time.perf_counter() - t0
+    if args.from_run:
+        run = Path(args.from_run)
+        cfg = compactbert.api.read_run(run)["config"]
+        for key in ("epochs", "lr", "batch_size", "max_seq_length", "seed"):
+            if cfg.get(key) != getattr(args, key):
+                raise SystemExit(f"--from-run {run}: its {key} is {cfg.get(key)!r}, not {getattr(args, key)!r}")
+        wall = None
+    else:
+        run = compactbert.finetune(
+            args.model, "sst2", data=args.data, out=args.out, epochs=args.epochs, lr=args.lr,
+            batch_size=args.batch_size, max_seq_length=args.max_seq_length, seed=args.seed, bf16=True,
+            eval_every=args.eval_every, max_steps=args.max_steps, overwrite=True, warmup_ratio=0.06,
+        )
+        wall = time.perf_counter() - t0
     result = json.loads((run / "eval.json").read_text())
     info = json.loads((run / "run.json").read_text())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_seconds = records[-1]["elapsed"]
     acc = result["metrics"]["accuracy"]
+    wall = wall if wall is not None else train_seconds
     print(f"dev accuracy {acc:.4f} (best step {info['best_step']} of {info['steps']}), wall time {wall / 60:.1f} min")
 
     smoke = args.max_steps is not None
@@ -163,7 +175,7 @@ Command: `python benchmarks/finetune_sst2.py {" ".join(sys.argv[1:] if argv is N
 | settings | {args.epochs:g} epochs, batch {args.batch_size}, lr {args.lr:g} (warm-up 6%, linear decay), AdamW, bf16 autocast, dynamic padding |
 | steps | {info["steps"]:,} |
 | **dev accuracy** (best checkpoint, step {info["best_step"]:,}) | **{acc * 100:.2f}%** |
-| wall time of the fine-tuning run | {wall / 60:.1f} min ({train_seconds / 60:.1f} min in the training loop) |
+| wall time of the fine-tuning run | {wall / 60:.1f} min ({train_seconds / 60:.1f} min in the training loop){" (from the run's metrics.jsonl: --from-run)" if args.from_run else ""} |
 | average speed of the whole run (incl. evaluations every {args.eval_every} steps and checkpoints) | {info["steps"] / train_seconds:.2f} steps/s |
 | training steps/s, FP32 (timing window of {args.timing_steps} steps) | {speed["fp32"]:.2f} |
 | training steps/s, bf16 autocast (same window, same batches) | {speed["bf16"]:.2f} |

@@ -17,15 +17,6 @@ from compactbert.train.loop import read_metrics
 from compactbert.train.toy import make_tiny_model, write_toy_glue
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the CPU is shared with other test workers."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 FAST = dict(epochs=2, batch_size=8, lr=3e-3, bf16=False, progress=False)
 
 

@@ -5,19 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from compactbert.cli import main
 from compactbert.train.toy import make_tiny_model, write_toy_glue
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the CPU is shared with other test workers."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -27,15 +27,6 @@ from compactbert.registry import method_types
 ALL_TERMS = {"logits": 1.0, "hidden": 1.0, "attention": 1.0, "embedding": 1.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(arch: str = "bert", layers: int = 4, hidden: int = 32, num_labels: int = 3) -> torch.nn.Module:
     common = dict(vocab_size=100, max_position_embeddings=64, num_labels=num_labels)
     if arch == "bert":

@@ -26,15 +26,6 @@ from compactbert.registry import method_types
 ARCHS = ("bert", "distilbert", "roberta", "electra")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(arch: str, layers: int = 4) -> torch.nn.Module:
     torch.manual_seed(0)
     common = dict(vocab_size=100, max_position_embeddings=64, num_labels=3)

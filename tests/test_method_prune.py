@@ -39,15 +39,6 @@ from compactbert.registry import method_types
 ARCHS = ("bert", "distilbert", "roberta")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(arch: str = "bert", layers: int = 2, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     common = dict(vocab_size=100, max_position_embeddings=64, num_labels=2)

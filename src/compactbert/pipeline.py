@@ -72,7 +72,7 @@ def compress(
     from . import __version__
     from .api import (
         EVAL_FILE, PACKED_FLOAT_BITS, SUBSET_SEED, _evaluate_model_dir, _load_saved, _quiet_transformers, _train_config,
-        _write_run_files, check_output_dir, init_run_dir, load_for_task, model_source, read_run,
+        _write_run_files, check_output_dir, init_run_dir, load_for_task, read_run,
     )
     from .data.batching import encode
     from .data.sources import load_examples

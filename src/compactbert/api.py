@@ -28,6 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import UserError
 
 RUN_FILE = "run.json"
@@ -537,6 +539,17 @@ def evaluate(
         raise UserError(f"cannot write {str(out_path)!r}: folder {str(out_path.parent)!r} does not exist")
 
     is_run = is_run_dir(p)
+    if (p / "manifest.json").is_file():  # a packed directory: evaluate the fast runtime itself
+        examples = load_examples(spec, split, data, max_eval_samples, SUBSET_SEED)
+        logits = packed_logits(p, examples, max_seq_length or 128, batch_size or 64)
+        from .data.tasks import compute_metrics
+
+        labels = np.asarray([ex.label for ex in examples])
+        metrics = compute_metrics(spec, logits.numpy(), labels)
+        result = {"task": spec.name, "split": split, "n": len(examples), "metrics": metrics}
+        if out_path is not None:
+            atomic_write_json(out_path, result)
+        return result
     _check_head(_read_config(str(p / "model") if is_run else str(path)), spec, path)
     examples = load_examples(spec, split, data, max_eval_samples, SUBSET_SEED)
     if is_run:
@@ -556,6 +569,39 @@ def evaluate(
         except OSError as e:
             raise UserError(f"cannot write {str(out_path)!r}: {e.strerror or e}") from None
     return result
+
+
+def packed_logits(path: str | os.PathLike, examples, max_seq_length: int = 128, batch_size: int = 64):
+    """Logits of a packed directory's runtime on ``examples``: (len(examples), num_labels) float32.
+
+    Examples are run in length-sorted batches (little padding) and returned in their own order.
+    """
+    import torch
+
+    from .data.batching import encode
+    from .runtime import load as load_runtime
+
+    model = load_runtime(path)
+    features = encode(examples, model.tokenizer, int(max_seq_length))
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    out = torch.zeros(len(features), model.num_labels)
+    pad = model.tokenizer.pad_token_id or 0
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(features[i]["input_ids"]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            types = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                f = features[i]
+                n = len(f["input_ids"])
+                ids[r, :n] = torch.tensor(f["input_ids"])
+                mask[r, :n] = 1
+                if "token_type_ids" in f:
+                    types[r, :n] = torch.tensor(f["token_type_ids"])
+            out[idx] = model(ids, mask, types).float()
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

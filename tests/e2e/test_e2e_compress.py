@@ -123,3 +123,40 @@ def test_size_command_prints_table_and_writes_size_json(teacher, tmp_path, capsy
     assert report["ratio"] == pytest.approx(2.0)  # an uncompressed model: stored fp16, as export does
     assert f"{report['compressed_bytes']:,}" in out and "word_embeddings" in out
     assert main(["size", str(tmp_path / "missing")]) == 2
+
+
+def test_export_packed_then_eval_the_packed_directory(teacher, tmp_path, capsys):
+    """compress -> export -> eval DIR: the fast runtime agrees with the training-time model."""
+    import numpy as np
+
+    from compactbert.api import packed_logits
+    from compactbert.data.batching import encode
+    from compactbert.data.sources import load_examples
+    from compactbert.train.loop import predict
+
+    glue, run, recipe = teacher
+    out = tmp_path / "c"
+    assert _compress(glue, run, recipe, out) == 0
+    packed = tmp_path / "packed"
+    assert main(["export", str(out), "--out", str(packed)]) == 0
+    assert "bytes on disk" in capsys.readouterr().out
+    assert main(["eval", str(packed), "--task", "sst2", "--data", str(glue)]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    examples = load_examples("sst2", "dev", glue)
+    net, tok = load_model(out / "model")
+    ref = predict(net, encode(examples, tok, 32), batch_size=8)
+    ref = np.stack([ref[i] for i in range(len(examples))])
+    got = packed_logits(packed, examples, 32).numpy()
+    assert got.shape == ref.shape == (16, 2)
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 15 / 16
+    # the packed tensors are exactly what `size` predicted (no structured pruning here to remove);
+    # the safetensors file adds only its JSON header
+    import struct
+
+    manifest = json.loads((packed / "manifest.json").read_text())
+    predicted = json.loads((out / "size.json").read_text())["compressed_bytes"]
+    assert manifest["payload_bytes"] == predicted
+    weights = packed / "model.safetensors"
+    header = struct.unpack("<Q", weights.read_bytes()[:8])[0]
+    assert weights.stat().st_size == 8 + header + predicted
+    assert main(["export", str(out), "--out", str(tmp_path / "bad"), "--format", "tflite"]) == 2

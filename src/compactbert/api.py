@@ -689,6 +689,7 @@ def export(
     prune_vocab: bool = False,
     task: str | None = None,
     data: str | os.PathLike | None = None,
+    max_positions: int | None = None,
 ) -> Path:
     """Export a run directory (its ``model/``) or a model folder.
 
@@ -700,6 +701,7 @@ def export(
         prune_vocab: keep only the embedding rows of tokens that occur in the task's training and
             dev data (plus special tokens); the tokenizer is remapped.
         task, data: the task data for ``prune_vocab`` (default: the run's own).
+        max_positions: keep only the first N position embeddings (inputs longer than N are refused).
 
     Returns:
         The output folder.
@@ -736,7 +738,7 @@ def export(
         for split in ("train", *spec.eval_splits):
             for ex in load_examples(spec, split, data):
                 texts.append(ex.text_a if ex.text_b is None else (ex.text_a, ex.text_b))
-    export_packed(net, tokenizer, out, prune_vocab_texts=texts)
+    export_packed(net, tokenizer, out, prune_vocab_texts=texts, max_positions=max_positions)
     return out
 
 

@@ -234,6 +234,7 @@ def export(
     prune_vocab: Annotated[bool, typer.Option("--prune-vocab", help="Keep only embedding rows of tokens in the task data (+ special tokens).")] = False,
     task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task for --prune-vocab (default: the run's).", show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Data for --prune-vocab (default: the run's).", show_default=False)] = None,
+    max_positions: Annotated[Optional[int], typer.Option(help="Keep only the first N position embeddings (longer inputs are refused).", show_default=False)] = None,
 ) -> None:
     """Export a model: a packed directory (small on disk, fast with compactbert.load) or ONNX.
 
@@ -241,7 +242,7 @@ def export(
     """
     from . import api
 
-    target = api.export(path, out, format=format, prune_vocab=prune_vocab, task=task, data=data)
+    target = api.export(path, out, format=format, prune_vocab=prune_vocab, task=task, data=data, max_positions=max_positions)
     total = sum(f.stat().st_size for f in Path(target).rglob("*") if f.is_file())
     print(f"wrote {target} ({total:,} bytes on disk)")
 

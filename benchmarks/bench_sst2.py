@@ -1,0 +1,134 @@
+"""Export the SST-2 models to packed directories and measure them side by side in one run.
+
+1. Exports every compressed run under ``--runs`` (made by ``benchmarks/compress_sst2.py``) and the
+   teacher itself to packed directories; the XTC 3-layer binary model also with ``--prune-vocab``
+   (SST-2 train + dev tokens) and 128 positions.
+2. Agreement: the packed runtime's predictions on the full SST-2 dev set against the training-time
+   model (the run's ``model/`` in PyTorch, FP32), and both accuracies.
+3. ``compactbert bench``: every packed model, the FP32 teacher in PyTorch eager, the teacher in ONNX
+   Runtime FP32 and with ONNX Runtime's dynamic int8 quantization: latency at batch 1 (p50/p90),
+   throughput at batch 32 x 128 tokens, peak memory, bytes on disk, accuracy — one run, each model
+   in its own process, ``--threads`` threads.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/bench_sst2.py --teacher runs/sst2-teacher --runs runs/compress-sst2 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from finetune_sst2 import cpu_name, write_section  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "glue"
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+SECTION = "bench_sst2"
+SMALLEST = "xtc-layer-reduction-binary"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--teacher", default=str(REPO / "runs" / "sst2-teacher"))
+    p.add_argument("--runs", default=str(REPO / "runs" / "compress-sst2"))
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--out", default=str(REPO / "runs" / "packed-sst2"))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--n-latency", type=int, default=50)
+    p.add_argument("--n-throughput", type=int, default=10)
+    p.add_argument("--results", default=str(RESULTS))
+    return p.parse_args(argv)
+
+
+def agreement(run_model: Path, packed: Path, examples) -> dict[str, float]:
+    """Same predicted class (runtime vs training-time model, FP32 PyTorch) on ``examples``."""
+    import numpy as np
+
+    from compactbert.api import _load_saved, packed_logits
+    from compactbert.data.batching import encode
+    from compactbert.train.loop import predict
+
+    net, tok = _load_saved(run_model, "model")
+    ref = predict(net, encode(examples, tok, 128), batch_size=64, bf16=False)
+    ref = np.stack([ref[i] for i in range(len(examples))]).argmax(1)
+    got = packed_logits(packed, examples, 128).numpy().argmax(1)
+    labels = np.asarray([e.label for e in examples])
+    return {"agree": float((ref == got).mean()), "acc_train_time": float((ref == labels).mean()),
+            "acc_runtime": float((got == labels).mean())}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    import compactbert
+    from compactbert import api
+    from compactbert.data.sources import load_examples
+
+    teacher, out = Path(args.teacher), Path(args.out)
+    dev = load_examples("sst2", "dev", args.data)
+    jobs = [("teacher-packed", teacher, {})]
+    for run in sorted(Path(args.runs).iterdir()):
+        if (run / "model").is_dir() and (run / "eval.json").is_file():
+            jobs.append((run.name, run, {}))
+            if run.name == SMALLEST:
+                jobs.append((f"{run.name}-vocab", run, {"prune_vocab": True, "max_positions": 128}))
+    packed, agree = [], {}
+    for name, run, kw in jobs:
+        target = out / name
+        api.export(run, target, task="sst2", data=args.data, **kw)
+        packed.append(str(target))
+        agree[name] = agreement(Path(api.model_source(run)), target, dev)
+        print(f"{name}: exported; agreement {agree[name]['agree'] * 100:.2f}%", flush=True)
+
+    result = api.bench(packed, str(teacher), task="sst2", data=args.data, threads=args.threads,
+                       out=out / "bench.json", n_latency=args.n_latency, n_throughput=args.n_throughput)
+    teacher_st = (teacher / "model" / "model.safetensors").stat().st_size
+    models = {m["name"]: m for m in result["models"]}
+    fp32 = models[result["ratios"]["baselines"]["fp32"]]
+    ort8 = models.get(result["ratios"]["baselines"].get("ort_int8") or "")
+    rows = ["| model | dev acc (runtime) | same class as training-time model | bytes on disk | x smaller than FP32 safetensors | "
+            "bs1 p50 / p90 ms | bs32 seq/s | x FP32 eager (bs32 / bs1) | x ORT int8 (bs32) | peak RSS MB | kernels |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m in result["models"]:
+        a = agree.get(Path(m.get("path") or "").name)
+        acc = "" if m.get("accuracy") is None else f"{m['accuracy'] * 100:.2f}%"
+        same = "" if a is None else f"{a['agree'] * 100:.2f}%"
+        vs_ort = "" if ort8 is None else f"{m['throughput_bs32'] / ort8['throughput_bs32']:.2f}x"
+        vs_fp32 = (f"{m['throughput_bs32'] / fp32['throughput_bs32']:.2f}x / "
+                   f"{fp32['latency_ms_bs1_p50'] / m['latency_ms_bs1_p50']:.2f}x")
+        rows.append(
+            f"| {m['name']} | {acc} | {same} | {m['file_bytes']:,} | {teacher_st / m['file_bytes']:.1f}x | "
+            f"{m['latency_ms_bs1_p50']:.1f} / {m['latency_ms_bs1_p90']:.1f} | {m['throughput_bs32']:.1f} | "
+            f"{vs_fp32} | {vs_ort} | {m.get('peak_rss_mb', 0):.0f} | {m.get('kernels', '')} |"
+        )
+    body = f"""## Packed models: size on disk, speed and agreement on SST-2 (`benchmarks/bench_sst2.py`)
+
+Measured {datetime.now().strftime("%Y-%m-%d")} on {cpu_name()}, {args.threads} threads, torch {torch.__version__},
+compactbert {compactbert.__version__}; every model in its own process, one after the other, in one run.
+Command: `python benchmarks/bench_sst2.py {" ".join(sys.argv[1:] if argv is None else argv)}`
+
+Latency: batch 1, 128 tokens, {args.n_latency} runs after warm-up; throughput: batch 32 x 128 tokens,
+{args.n_throughput} runs. Inputs are real dev sentences joined into 128-token rows (no padding).
+Accuracy is on the full SST-2 dev set (872). "x smaller" compares the whole packed directory (weights,
+manifest, config, tokenizer) with the FP32 teacher's `model.safetensors` ({teacher_st:,} bytes).
+Agreement: the packed runtime against the run's model in PyTorch FP32, same dev set.
+
+{chr(10).join(rows)}
+"""
+    print(body)
+    (out / "agreement.json").write_text(json.dumps(agree, indent=1))
+    if args.results:
+        write_section(Path(args.results), body)
+        print(f"wrote section {SECTION!r} of {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -47,7 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def agreement(run_model: Path, packed: Path, examples) -> dict[str, float]:
-    """Same predicted class (runtime vs training-time model, FP32 PyTorch) on ``examples``."""
+    """Same predicted class, runtime vs training-time model, on ``examples``.
+
+    The training-time model is the run's ``model/`` in PyTorch, evaluated two ways: in FP32, and
+    with bf16 autocast as ``compactbert eval RUN`` evaluates it (the run's own setting).
+    """
     import numpy as np
 
     from compactbert.api import _load_saved, packed_logits
@@ -55,12 +59,16 @@ def agreement(run_model: Path, packed: Path, examples) -> dict[str, float]:
     from compactbert.train.loop import predict
 
     net, tok = _load_saved(run_model, "model")
-    ref = predict(net, encode(examples, tok, 128), batch_size=64, bf16=False)
-    ref = np.stack([ref[i] for i in range(len(examples))]).argmax(1)
-    got = packed_logits(packed, examples, 128).numpy().argmax(1)
+    feats = encode(examples, tok, 128)
     labels = np.asarray([e.label for e in examples])
-    return {"agree": float((ref == got).mean()), "acc_train_time": float((ref == labels).mean()),
-            "acc_runtime": float((got == labels).mean())}
+    got = packed_logits(packed, examples, 128).numpy().argmax(1)
+    out = {"acc_runtime": float((got == labels).mean())}
+    for name, bf16 in (("fp32", False), ("bf16", True)):
+        ref = predict(net, feats, batch_size=64, bf16=bf16)
+        ref = np.stack([ref[i] for i in range(len(examples))]).argmax(1)
+        out[f"agree_{name}"] = float((ref == got).mean())
+        out[f"acc_train_time_{name}"] = float((ref == labels).mean())
+    return out
 
 
 def main(argv=None) -> int:
@@ -85,7 +93,7 @@ def main(argv=None) -> int:
         api.export(run, target, task="sst2", data=args.data, **kw)
         packed.append(str(target))
         agree[name] = agreement(Path(api.model_source(run)), target, dev)
-        print(f"{name}: exported; agreement {agree[name]['agree'] * 100:.2f}%", flush=True)
+        print(f"{name}: exported; {agree[name]}", flush=True)
 
     result = api.bench(packed, str(teacher), task="sst2", data=args.data, threads=args.threads,
                        out=out / "bench.json", n_latency=args.n_latency, n_throughput=args.n_throughput)
@@ -93,13 +101,16 @@ def main(argv=None) -> int:
     models = {m["name"]: m for m in result["models"]}
     fp32 = models[result["ratios"]["baselines"]["fp32"]]
     ort8 = models.get(result["ratios"]["baselines"].get("ort_int8") or "")
-    rows = ["| model | dev acc (runtime) | same class as training-time model | bytes on disk | x smaller than FP32 safetensors | "
+    rows = ["| model | dev acc (runtime) | same class as training-time model, FP32 / bf16 eval | bytes on disk | x smaller than FP32 safetensors | "
             "bs1 p50 / p90 ms | bs32 seq/s | x FP32 eager (bs32 / bs1) | x ORT int8 (bs32) | peak RSS MB | kernels |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in result["models"]:
         a = agree.get(Path(m.get("path") or "").name)
         acc = "" if m.get("accuracy") is None else f"{m['accuracy'] * 100:.2f}%"
-        same = "" if a is None else f"{a['agree'] * 100:.2f}%"
+        same = "" if a is None else (
+            f"{a['agree_fp32'] * 100:.2f}% / {a['agree_bf16'] * 100:.2f}% "
+            f"(acc {a['acc_train_time_fp32'] * 100:.2f}% / {a['acc_train_time_bf16'] * 100:.2f}%)"
+        )
         vs_ort = "" if ort8 is None else f"{m['throughput_bs32'] / ort8['throughput_bs32']:.2f}x"
         vs_fp32 = (f"{m['throughput_bs32'] / fp32['throughput_bs32']:.2f}x / "
                    f"{fp32['latency_ms_bs1_p50'] / m['latency_ms_bs1_p50']:.2f}x")
@@ -118,14 +129,15 @@ Latency: batch 1, 128 tokens, {args.n_latency} runs after warm-up; throughput: b
 {args.n_throughput} runs. Inputs are real dev sentences joined into 128-token rows (no padding).
 Accuracy is on the full SST-2 dev set (872). "x smaller" compares the whole packed directory (weights,
 manifest, config, tokenizer) with the FP32 teacher's `model.safetensors` ({teacher_st:,} bytes).
-Agreement: the packed runtime against the run's model in PyTorch FP32, same dev set.
+Agreement: the packed runtime's predicted class against the run's model in PyTorch, evaluated in FP32
+and with bf16 autocast (as `compactbert eval RUN` does), same dev set; that model's accuracy in brackets.
 
 {chr(10).join(rows)}
 """
     print(body)
     (out / "agreement.json").write_text(json.dumps(agree, indent=1))
     if args.results:
-        write_section(Path(args.results), body)
+        write_section(Path(args.results), body, SECTION)
         print(f"wrote section {SECTION!r} of {args.results}")
     return 0
 

@@ -200,7 +200,7 @@ distillation (teacher forward included) {cost['qat+kd']:.3f} s/step: **{cost['ra
 """
     print(body)
     if args.results:
-        write_section(Path(args.results), body)
+        write_section(Path(args.results), body, SECTION)
         print(f"wrote section {SECTION!r} of {args.results}")
     return 0
 

@@ -103,8 +103,9 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def write_section(path: Path, body: str) -> None:
-    start, end = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
+def write_section(path: Path, body: str, section: str = SECTION) -> None:
+    """Replace (or append) the ``section`` block of a results markdown file, keeping the others."""
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
     block = f"{start}\n{body.rstrip()}\n{end}"
     text = path.read_text() if path.is_file() else "# Benchmark results\n"
     if start in text and end in text:
@@ -145,6 +146,7 @@ def main(argv=None) -> int:
             if cfg.get(key) != getattr(args, key):
                 raise SystemExit(f"--from-run {run}: its {key} is {cfg.get(key)!r}, not {getattr(args, key)!r}")
         wall = None
+        args.eval_every = cfg.get("eval_every") or args.eval_every
     else:
         run = compactbert.finetune(
             args.model, "sst2", data=args.data, out=args.out, epochs=args.epochs, lr=args.lr,

@@ -40,8 +40,9 @@ def test_xtc_layer_reduction_recipe_reduces_before_it_quantizes():
     r = Recipe.load(Path(__file__).resolve().parents[1] / "recipes" / "xtc-layer-reduction-binary.yaml")
     assert [m.type for m in r.stages[0].methods] == ["layer_reduction", "distillation"]
     assert r.stages[0].methods[0].keep == [1, 3, 5]
-    assert [m.type for m in r.stages[1].methods] == ["binary", "distillation"]
+    assert [m.type for m in r.stages[1].methods] == ["binary", "quantize", "distillation"]
     assert r.stages[1].methods[0].weight_bits() == 1
+    assert (r.stages[1].methods[1].targets, r.stages[1].methods[1].weight_bits()) == (["*pooler.dense"], 8)
 
 
 BASE = """stages:

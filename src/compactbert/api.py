@@ -156,6 +156,28 @@ def init_run_dir(out: str | os.PathLike, mode: str) -> Path:
     return out
 
 
+def start_run(out: Path, mode: str, info: dict[str, Any], config: dict[str, Any], state, extra: dict[str, str] | None = None) -> dict[str, Any]:
+    """Create (or reopen, for ``mode == "resume"``) a run directory on the main process.
+
+    A new run gets ``run.json`` (``info``), ``config.yaml`` (``config``) and the ``extra`` text files;
+    a resumed run keeps its files and is marked running again. Returns the run's ``info``.
+    """
+    if state.is_main_process:
+        init_run_dir(out, mode)
+        if mode == "resume":
+            info = {**read_run(out), "status": "running"}
+            info.pop("config", None)
+            _write_run_files(out, info, None)
+        else:
+            _write_run_files(out, info, config)
+            from .train.checkpoint import atomic_write_text
+
+            for name, text in (extra or {}).items():
+                atomic_write_text(out / name, text)
+    state.wait_for_everyone()
+    return info
+
+
 def _write_run_files(out: Path, info: dict[str, Any], config: dict[str, Any] | None) -> None:
     import yaml
 
@@ -405,15 +427,7 @@ def finetune(
         "status": "running", "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "num_processes": state.num_processes,
     }
-    if state.is_main_process:
-        init_run_dir(out, mode)
-        if mode == "resume":
-            info = {**read_run(out), "status": "running"}
-            info.pop("config", None)
-            _write_run_files(out, info, None)
-        else:
-            _write_run_files(out, info, config)
-    state.wait_for_everyone()
+    info = start_run(out, mode, info, config, state)
 
     with _quiet_transformers():
         result = train(

@@ -72,14 +72,14 @@ def compress(
     from . import __version__
     from .api import (
         EVAL_FILE, PACKED_FLOAT_BITS, SUBSET_SEED, _evaluate_model_dir, _load_saved, _quiet_transformers, _train_config,
-        _write_run_files, check_output_dir, init_run_dir, load_for_task, read_run,
+        _write_run_files, check_output_dir, load_for_task, start_run,
     )
     from .data.batching import encode
     from .data.sources import load_examples
     from .data.tasks import get_task
     from .recipe import Recipe
     from .size import size_report
-    from .train.checkpoint import atomic_write_json, atomic_write_text
+    from .train.checkpoint import atomic_write_json
     from .train.loop import bf16_supported, cpu_processes, train
 
     # ---- check every input before writing anything ----
@@ -109,16 +109,7 @@ def compress(
         "status": "running", "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "stages": [st.name for st in rec.stages],
     }
-    if state.is_main_process:
-        init_run_dir(out, mode)
-        if mode == "resume":
-            info = {**read_run(out), "status": "running"}
-            info.pop("config", None)
-            _write_run_files(out, info, None)
-        else:
-            _write_run_files(out, info, config)
-            atomic_write_text(out / "recipe.yaml", rec.to_yaml())
-    state.wait_for_everyone()
+    info = start_run(out, mode, info, config, state, extra={"recipe.yaml": rec.to_yaml()})
 
     # ---- the stages ----
     student = None

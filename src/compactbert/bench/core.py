@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..api import _nearest_existing
 from ..errors import UserError, did_you_mean
 
 __all__ = [
@@ -598,13 +599,6 @@ def run_bench(
         tmp_out.write_text(json.dumps(result, indent=2) + "\n")
         os.replace(tmp_out, out_path)
     return result
-
-
-def _nearest_existing(path: Path) -> Path:
-    p = path.absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
 
 
 def _num_labels(folder: Path) -> int | None:

@@ -683,6 +683,11 @@ def size(path: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[
     p = Path(path)
     if not p.exists():
         raise UserError(f"{str(path)!r} does not exist; expected a run directory or a model folder")
+    if (p / "manifest.json").is_file():  # a packed directory: what it stores, from its manifest
+        report = packed_size_report(p)
+        if out is not None:
+            atomic_write_json(Path(out), report)
+        return report
     model_dir = Path(model_source(p))
     net, _ = _load_saved(model_dir, "model")
     report = size_report(net, uncompressed_bits=PACKED_FLOAT_BITS)
@@ -690,6 +695,32 @@ def size(path: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[
     if target is not None:
         atomic_write_json(target, report)
     return report
+
+
+def packed_size_report(path: str | os.PathLike) -> dict[str, Any]:
+    """:func:`size`'s report for a packed directory, read from its (verified) manifest.
+
+    ``dense_fp32_bytes`` counts the stored tensors' shapes at 4 bytes (after physical removal of
+    pruned heads/neurons and vocabulary pruning); ``files_bytes`` is the directory on disk.
+    """
+    import math
+
+    from .export.pack import packed_size, verify_packed
+
+    manifest = verify_packed(path)
+    tensors = []
+    for name, t in manifest["tensors"].items():
+        params = math.prod(t["shape"])
+        tensors.append({
+            "name": t.get("source") or name, "shape": t["shape"], "params": params, "bits": t["bits"],
+            "sparsity": 0.0, "encoding": t["encoding"], "bytes": t["bytes"],
+        })
+    dense = sum(4 * t["params"] for t in tensors)
+    return {
+        "tensors": tensors, "uncompressed_bits": manifest.get("uncompressed_bits", 16),
+        "dense_fp32_bytes": dense, "compressed_bytes": manifest["payload_bytes"],
+        "ratio": dense / max(1, manifest["payload_bytes"]), "files_bytes": packed_size(path)["total"],
+    }
 
 
 # --------------------------------------------------------------------------------------------------

@@ -159,4 +159,9 @@ def test_export_packed_then_eval_the_packed_directory(teacher, tmp_path, capsys)
     weights = packed / "model.safetensors"
     header = struct.unpack("<Q", weights.read_bytes()[:8])[0]
     assert weights.stat().st_size == 8 + header + predicted
+    # `size` on the packed directory reads its manifest and agrees with `size` on the run
+    assert main(["size", str(packed), "--out", str(tmp_path / "packed-size.json")]) == 0
+    packed_report = json.loads((tmp_path / "packed-size.json").read_text())
+    assert packed_report["compressed_bytes"] == predicted
+    assert packed_report["files_bytes"] == sum(f.stat().st_size for f in packed.rglob("*") if f.is_file())
     assert main(["export", str(out), "--out", str(tmp_path / "bad"), "--format", "tflite"]) == 2

@@ -138,13 +138,9 @@ def _ort_kernels(optimized: Path, version: str) -> str:
 def _ort_runner(path: str, threads: int | None) -> Runner:
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    if threads is not None:
-        opts.intra_op_num_threads = int(threads)
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
+    from ..export.onnx import ort_options
+
+    opts = ort_options(threads)
     with tempfile.TemporaryDirectory(prefix="cb-ort-") as tmp:
         # ORT writes the graph it will really run (after its fusions): that says which kernels run.
         optimized = Path(tmp) / "optimized.onnx"

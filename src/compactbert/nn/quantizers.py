@@ -337,7 +337,26 @@ class TernaryQuantizer(_RowQuantizer):
 
 
 # ----------------------------------------------------------------------------- int-k
-class IntQuantizer(Quantizer):
+class _IntRange:
+    """Integer code range of a ``bits``-bit quantizer: symmetric (restricted, +-(2^(b-1)-1)) or
+    asymmetric (0 .. 2^b-1)."""
+
+    bits: int
+    symmetric: bool
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1) - 1) if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
+
+    def code_range(self) -> tuple[int, int]:
+        return self.qmin, self.qmax
+
+
+class IntQuantizer(_IntRange, Quantizer):
     """Uniform int-k weights, k = 2..8, symmetric or asymmetric, per tensor / row / group.
 
     Symmetric uses the restricted range ``-(2^(k-1)-1) .. 2^(k-1)-1`` (int8: [-127, 127]) with
@@ -409,17 +428,6 @@ class IntQuantizer(Quantizer):
     @property
     def row_local(self) -> bool:
         return self.granularity in ("row", "group") and not self.learned_step
-
-    @property
-    def qmin(self) -> int:
-        return -(2 ** (self.bits - 1) - 1) if self.symmetric else 0
-
-    @property
-    def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
-
-    def code_range(self) -> tuple[int, int]:
-        return self.qmin, self.qmax
 
     def _grid(self, shape) -> tuple[int, int, int]:
         """(R, G, S): the tensor viewed as R x G groups of S elements sharing a scale."""
@@ -623,7 +631,7 @@ class DynamicActQuantizer(Quantizer):
         return (ints.float() * scales.float().unsqueeze(-1)).reshape(shape)
 
 
-class StaticActQuantizer(Quantizer):
+class StaticActQuantizer(_IntRange, Quantizer):
     """Activation quantization with one range per tensor, calibrated on data then frozen.
 
     How to calibrate: switch calibration on, run a few batches through the model, freeze::
@@ -675,17 +683,6 @@ class StaticActQuantizer(Quantizer):
             "observer": self.observer,
             "percentile": self.percentile,
         }
-
-    @property
-    def qmin(self) -> int:
-        return -(2 ** (self.bits - 1) - 1) if self.symmetric else 0
-
-    @property
-    def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
-
-    def code_range(self) -> tuple[int, int]:
-        return self.qmin, self.qmax
 
     @property
     def calibrated(self) -> bool:

@@ -71,7 +71,7 @@ def compress(
 
     from . import __version__
     from .api import (
-        EVAL_FILE, PACKED_FLOAT_BITS, SUBSET_SEED, _evaluate_model_dir, _load_saved, _quiet_transformers, _train_config,
+        EVAL_FILE, PACKED_FLOAT_BITS, SUBSET_SEED, _load_saved, _quiet_transformers, _train_config,
         _write_run_files, check_output_dir, load_for_task, start_run,
     )
     from .data.batching import encode
@@ -80,7 +80,7 @@ def compress(
     from .recipe import Recipe
     from .size import size_report
     from .train.checkpoint import atomic_write_json
-    from .train.loop import bf16_supported, cpu_processes, train
+    from .train.loop import bf16_supported, cpu_processes, evaluate_model, train
 
     # ---- check every input before writing anything ----
     spec = get_task(task)
@@ -114,6 +114,7 @@ def compress(
     # ---- the stages ----
     student = None
     summaries = []
+    train_features = None  # the un-augmented training set, tokenized once for every stage that uses it
     for i, st in enumerate(rec.stages):
         sdir = stage_dir(out, i, st.name)
         if (sdir / DONE_FILE).is_file():
@@ -126,11 +127,16 @@ def compress(
             else:
                 prev = stage_dir(out, i - 1, rec.stages[i - 1].name) / "model"
                 student, _ = _load_saved(prev, f"stage {i - 1} model")
-        train_examples = train_ex
         if st.augment is not None:
             from .data.augment import augment_examples
 
             train_examples = augment_examples(train_ex, st.augment.n_aug, st.augment.p, seed=st.augment.seed)
+            features = encode(train_examples, tokenizer, rec.max_seq_length)
+        else:
+            train_examples = train_ex
+            if train_features is None:
+                train_features = encode(train_ex, tokenizer, rec.max_seq_length)
+            features = train_features
         cfg = _train_config(
             epochs=st.epochs or 1.0, max_steps=st.steps, lr=st.lr, batch_size=st.batch_size,
             weight_decay=st.weight_decay, warmup_ratio=st.warmup_ratio, max_grad_norm=st.max_grad_norm,
@@ -145,7 +151,7 @@ def compress(
                   f"{', '.join(m.type for m in methods) or 'no methods'}")  # type: ignore[attr-defined]
         with _quiet_transformers():
             result = train(
-                student, tokenizer, spec, encode(train_examples, tokenizer, rec.max_seq_length), eval_features,
+                student, tokenizer, spec, features, eval_features,
                 cfg, sdir, methods=methods, teacher=teacher_net if needs_teacher else None,
                 resume=(mode == "resume"),
             )
@@ -165,9 +171,10 @@ def compress(
         shutil.rmtree(out / "model", ignore_errors=True)
         tmp.rename(out / "model")
         _merge_metrics(out, rec)
-        evaluation = _evaluate_model_dir(out / "model", spec, eval_features, eval_split, 64, bf16)
-        atomic_write_json(out / EVAL_FILE, evaluation)
+        # evaluate the model as saved (reloaded from out/model), and size that same object
         final, _ = _load_saved(out / "model", "compressed model")
+        metrics = evaluate_model(final, spec, eval_features, 64, bf16, tokenizer.pad_token_id)
+        atomic_write_json(out / EVAL_FILE, {"task": spec.name, "split": eval_split, "n": len(eval_features), "metrics": metrics})
         atomic_write_json(out / SIZE_FILE, size_report(final, uncompressed_bits=PACKED_FLOAT_BITS))
         info.update(status="done", stage_results=summaries, finished=_dt.datetime.now().isoformat(timespec="seconds"))
         _write_run_files(out, info, None)

@@ -95,7 +95,7 @@ def step_cost(teacher: str, data: str, n: int) -> dict[str, float]:
             teacher_net = None
             if label.strip() == "qat+kd":
                 teacher_net, _ = load_for_task(teacher, "sst2")
-                methods = [TernaryQAT(), Distillation(alpha=0.0, weights={"logits": 1.0, "hidden": 1.0}), clock]
+                methods = [TernaryQAT(compile=True), Distillation(alpha=0.0, weights={"logits": 1.0, "hidden": 1.0}), clock]
             cfg = TrainConfig(max_steps=n + 4, lr=1e-5, batch_size=32, bf16=True, progress=False, save_every=10**9)
             with tempfile.TemporaryDirectory() as d:
                 train(student, tok, "sst2", feats, None, cfg, d, methods=methods, teacher=teacher_net)

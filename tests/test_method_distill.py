@@ -269,3 +269,34 @@ def test_configuration_errors():
     m = Distillation()
     with pytest.raises(RuntimeError, match="called while the method is 'new'"):
         m.loss(TrainState(model=tiny()))
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_bf16_run_gives_the_teacher_bf16_linears_with_identical_outputs_and_restores_them(arch):
+    torch.manual_seed(0)
+    teacher = tiny(arch).eval()
+    student = copy.deepcopy(teacher).eval()
+    b = batch()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = teacher(**b, output_hidden_states=True)
+    fp32 = {n: p for n, p in teacher.named_parameters()}
+    m = Distillation(weights={"logits": 1.0, "hidden": 1.0}, alpha=0.0)
+    state = TrainState(model=student, teacher=teacher, batch=b, extras={"bf16": True})
+    m.attach(state)
+    linears = [mod for mod in teacher.modules() if isinstance(mod, torch.nn.Linear)]
+    assert linears and all(mod.weight.dtype == torch.bfloat16 for mod in linears)
+    assert teacher.get_input_embeddings().weight.dtype == torch.float32  # only Linear layers change
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = m._teacher_outputs(state)
+    assert torch.equal(got.logits, want.logits)  # the cast autocast did at every call, done once
+    assert all(torch.equal(g, w) for g, w in zip(got.hidden_states, want.hidden_states))
+    m.finalize(state)
+    assert all(p is fp32[n] for n, p in teacher.named_parameters())  # the same fp32 tensors back
+
+
+def test_fp32_run_leaves_the_teacher_weights_alone():
+    teacher = tiny().eval()
+    before = {n: p for n, p in teacher.named_parameters()}
+    m = Distillation(weights={"logits": 1.0}, alpha=0.0)
+    m.attach(TrainState(model=copy.deepcopy(teacher), teacher=teacher, batch=batch(), extras={"bf16": False}))
+    assert all(p is before[n] for n, p in teacher.named_parameters())

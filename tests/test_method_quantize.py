@@ -266,3 +266,19 @@ def test_embedding_group_size_checked_before_any_change():
         make("quantize", bits=4, granularity="group", group_size=64, targets=[r"re:.*layer\.\d+\.output\.dense"],
              embeddings=True).attach(TrainState(model=model))
     assert not compressed_modules(model)
+
+
+@pytest.mark.parametrize(("compile_", "steps", "expected"), [
+    ("auto", 499, False), ("auto", 500, True), (True, 1, True), (False, 10**6, False)])
+def test_compile_auto_turns_on_for_long_runs_only_and_never_for_embeddings(compile_, steps, expected):
+    from compactbert.methods.quantize import COMPILE_MIN_STEPS
+
+    assert COMPILE_MIN_STEPS == 500
+    model = tiny()
+    m = method_types()["ternary"](compile=compile_)
+    m.attach(TrainState(model=model, total_steps=steps))
+    layers = [mod for mod in model.modules() if isinstance(mod, CompressedLinear)]
+    assert layers and all(lay.weight_quantizer.compiled is expected for lay in layers)
+    assert all(lay.input_quantizer.compiled is expected for lay in layers)
+    emb = model.get_input_embeddings()
+    assert isinstance(emb, CompressedEmbedding) and emb.weight_quantizer.compiled is False

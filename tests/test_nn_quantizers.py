@@ -339,3 +339,41 @@ def test_group_size_must_divide_rows():
     with pytest.raises(UserError, match=r"layer.0: group_size=48 does not divide the row length 64"):
         q.check_shape((32, 64), where="layer.0")
     q.check_shape((32, 96))  # 96 = 2 x 48 is fine
+
+
+# ----------------------------------------------------------------------------- compiled kernels
+@pytest.mark.parametrize("cls", [TernaryQuantizer, BinaryQuantizer])
+def test_compiled_weight_quantizers_are_bitwise_the_eager_ones_and_pass_gradients(cls):
+    eager, fast = cls(), cls()
+    fast.compiled = True
+    g = torch.Generator().manual_seed(3)
+    for shape, scale in [((48, 80), 1.0), ((48, 80), 1e-3), ((80, 48), 30.0)]:
+        for _ in range(3):
+            w = (torch.randn(shape, generator=g) * scale).requires_grad_()
+            w.data[0, :5] = 0.0  # exact zeros: sign(0) = +1 (binary), level 0 (ternary)
+            got = fast(w)
+            assert torch.equal(got, eager(w))
+            assert torch.equal(fast.dequantize(*eager.quantize_ints(w), shape), got)  # the packer agrees
+            got.backward(torch.ones_like(got))
+            assert torch.equal(w.grad, torch.ones_like(w))  # straight through
+
+
+def test_compiled_dynamic_activation_quantizer_is_bitwise_the_eager_one_for_any_token_count():
+    eager, fast = DynamicActQuantizer(8), DynamicActQuantizer(8)
+    fast.compiled = True
+    g = torch.Generator().manual_seed(4)
+    for tokens in (5, 9, 13):
+        for dtype in (torch.float32, torch.bfloat16):
+            x = (torch.randn(3, tokens, 40, generator=g) * 4).to(dtype)
+            got = fast(x)
+            assert got.dtype == dtype and torch.equal(got, eager(x))
+
+
+def test_row_sums_do_not_depend_on_the_order_of_additions():
+    # float64 accumulation: the compiled kernels' different summation order cannot change a scale
+    from compactbert.nn.quantizers import _row_mean
+
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(16, 1536, generator=g) * torch.logspace(-6, 2, 1536)
+    perm = torch.randperm(1536, generator=g)
+    assert torch.equal(_row_mean(w.abs()), _row_mean(w.abs()[:, perm]))

@@ -191,3 +191,15 @@ def test_task_loss_sum_matches_torch_means():
     pred, target = torch.randn(5, 1), torch.rand(5) * 5
     stsb = get_task("stsb")
     assert task_loss_sum(pred, target, stsb) == pytest.approx(5 * F.mse_loss(pred.squeeze(-1), target).item(), rel=1e-6)
+
+
+def test_keep_freed_memory_sets_glibc_thresholds_once_and_can_be_turned_off(monkeypatch):
+    import compactbert.train.malloc as malloc
+
+    monkeypatch.setattr(malloc, "_done", None)
+    monkeypatch.setenv("COMPACTBERT_MALLOC_TUNING", "0")
+    assert malloc.keep_freed_memory() is False
+    assert malloc.keep_freed_memory() is False  # decided once per process
+    monkeypatch.setattr(malloc, "_done", None)
+    monkeypatch.delenv("COMPACTBERT_MALLOC_TUNING")
+    assert malloc.keep_freed_memory() is True  # Linux + glibc here

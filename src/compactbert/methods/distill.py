@@ -142,6 +142,7 @@ class Distillation(Method):
 
     _map: list[int] = PrivateAttr(default_factory=list)
     _teacher_keys: frozenset | None = PrivateAttr(default=None)
+    _teacher_fp32: dict = PrivateAttr(default_factory=dict)  # Linear -> its own (weight, bias)
 
     @model_validator(mode="after")
     def _some_term(self) -> "Distillation":
@@ -212,6 +213,8 @@ class Distillation(Method):
             if w.embedding > 0:
                 proj["embedding"] = torch.nn.Linear(d_s, d_t)
             student.add_module(PROJ_NAME, proj.to(device=p.device, dtype=p.dtype))
+        if self._teacher_autocast(state):
+            self._teacher_linears_to_bf16(teacher)
         try:
             params = inspect.signature(teacher.forward).parameters
             named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -219,6 +222,31 @@ class Distillation(Method):
             self._teacher_keys = frozenset(n for n, p in params.items() if p.kind in named)
         except (TypeError, ValueError):
             self._teacher_keys = None
+
+    def _teacher_autocast(self, state: TrainState) -> bool:
+        """Whether the teacher runs under bf16 autocast in this run."""
+        if self.teacher_bf16 is not None:
+            return self.teacher_bf16
+        return bool(state.extras.get("bf16"))
+
+    def _teacher_linears_to_bf16(self, teacher: torch.nn.Module) -> None:
+        """Give the teacher's Linear layers bf16 copies of their weights for the run.
+
+        Under bf16 autocast a Linear casts its fp32 weight to bf16 at every call; the teacher is
+        frozen, so that cast is the same at every step: doing it once gives bitwise the same outputs
+        and saves one pass over all teacher weights per step. ``finalize`` puts the fp32 tensors back.
+        """
+        for mod in teacher.modules():
+            if isinstance(mod, torch.nn.Linear) and mod.weight.dtype == torch.float32 and mod not in self._teacher_fp32:
+                self._teacher_fp32[mod] = (mod.weight, mod.bias)
+                mod.weight = torch.nn.Parameter(mod.weight.detach().to(torch.bfloat16), requires_grad=False)
+                if mod.bias is not None:
+                    mod.bias = torch.nn.Parameter(mod.bias.detach().to(torch.bfloat16), requires_grad=False)
+
+    def _restore_teacher(self) -> None:
+        for mod, (weight, bias) in self._teacher_fp32.items():
+            mod.weight, mod.bias = weight, bias
+        self._teacher_fp32.clear()
 
     def _teacher_outputs(self, state: TrainState) -> Any:
         batch = {k: v for k, v in (state.batch or {}).items() if k not in ("labels", "label")}
@@ -284,5 +312,6 @@ class Distillation(Method):
         return (1.0 - self.alpha) * kd
 
     def _finalize(self, state: TrainState) -> None:
+        self._restore_teacher()
         if hasattr(state.model, PROJ_NAME):
             delattr(state.model, PROJ_NAME)  # training-only parameters: not part of the compressed model

@@ -51,6 +51,9 @@ _INT_ONLY = ("symmetric", "granularity", "group_size", "learned_step")
 _STATIC_ONLY = ("calibration_steps", "observer", "activation_symmetric")
 
 
+COMPILE_MIN_STEPS = 500  # compiling (~10 s for MiniLM's 3 shapes) pays back after ~400 steps
+
+
 @register_method("quantize")
 class Quantize(Method):
     """Quantization-aware training of weights (binary | ternary | int-k) and activations.
@@ -68,6 +71,10 @@ class Quantize(Method):
         targets: Module-name patterns (glob, or ``re:`` regex); default: all Linear layers of the
             encoder layers. A pattern that matches nothing is an error.
         embeddings: Also quantize the word embeddings with the weight quantizer (XTC does).
+        compile: Run binary/ternary weight and dynamic activation quantization through
+            ``torch.compile`` (bitwise the same values; 2-3x faster on CPU, but compiling takes a
+            few seconds per weight shape).
+            ``auto`` (default): on for runs of at least ``COMPILE_MIN_STEPS`` steps.
     """
 
     type: Literal["quantize"] = "quantize"
@@ -83,6 +90,7 @@ class Quantize(Method):
     calibration_steps: int = Field(16, ge=1)
     targets: list[str] | None = None
     embeddings: bool = False
+    compile: bool | Literal["auto"] = "auto"
 
     _layers: dict[str, Any] = PrivateAttr(default_factory=dict)
     _calibrating: bool = PrivateAttr(default=False)
@@ -197,12 +205,15 @@ class Quantize(Method):
                 if isinstance(emb, nn.Embedding):
                     probe.check_shape(tuple(emb.weight.shape), where=f"{self.type}.embeddings: word embeddings")
         layers: dict[str, Any] = compress_modules(model, targets, where=where)
+        compiled = self.compile is True or (self.compile == "auto" and state.total_steps >= COMPILE_MIN_STEPS)
         # set only what this method configures: a quantizer from an earlier stage stays otherwise
         for layer in layers.values():
             if self.weight is not None:
                 layer.weight_quantizer = self.make_weight_quantizer()
+                layer.weight_quantizer.compiled = compiled  # not embeddings: their row count varies
             if self.activations is not None:
                 layer.input_quantizer = self.make_input_quantizer()
+                layer.input_quantizer.compiled = compiled
         if self.embeddings:
             embs = compress_embeddings(model, where=f"{self.type}.embeddings: ")
             for emb in embs.values():

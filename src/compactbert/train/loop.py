@@ -382,7 +382,9 @@ def train(
     from accelerate.utils import gather_object, set_seed
 
     from ..data.batching import Collator, batch_order
+    from .malloc import keep_freed_memory
 
+    keep_freed_memory()  # fresh per-step tensors (quantized weights, activations) skip page faults
     spec = get_task(task)
     run_dir = Path(run_dir)
     methods = list(methods)

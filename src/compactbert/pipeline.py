@@ -191,7 +191,7 @@ def _dry_run(rec, teacher_net, tokenizer, spec, source: str) -> None:
     """
     from .methods.base import TrainState
 
-    probe = copy.deepcopy(teacher_net)
+    probe = copy.deepcopy(teacher_net).requires_grad_(True)  # like the student: trainable
     for i, st in enumerate(rec.stages):
         state = TrainState(
             model=probe, teacher=teacher_net, total_steps=1000, steps_per_epoch=1000, task=spec,

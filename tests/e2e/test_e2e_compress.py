@@ -165,3 +165,23 @@ def test_export_packed_then_eval_the_packed_directory(teacher, tmp_path, capsys)
     assert packed_report["compressed_bytes"] == predicted
     assert packed_report["files_bytes"] == sum(f.stat().st_size for f in packed.rglob("*") if f.is_file())
     assert main(["export", str(out), "--out", str(tmp_path / "bad"), "--format", "tflite"]) == 2
+
+
+def test_compress_with_taylor_structured_pruning_and_distillation(teacher, tmp_path):
+    # Taylor scores hook the weights' gradients: the dry run before the run must allow that too
+    glue, run, _ = teacher
+    recipe = tmp_path / "s.yaml"
+    recipe.write_text(
+        "seed: 1\nmax_seq_length: 32\nbf16: false\nstages:\n  - name: s\n    steps: 6\n    lr: 3.0e-3\n"
+        "    batch_size: 8\n    methods:\n"
+        "      - {type: structured_pruning, heads: 0.5, neurons: 0.5, score: taylor, schedule: linear,"
+        " start: 0, end: 4, frequency: 2}\n"
+        "      - {type: distillation, alpha: 0.0, weights: {logits: 1.0, hidden: 1.0}}\n"
+    )
+    out = tmp_path / "s"
+    assert _compress(glue, run, recipe, out) == 0
+    net, _ = load_model(out / "model")
+    for name, m in compressed_modules(net).items():
+        if name.endswith("intermediate.dense"):
+            rows_left = int((m.weight_mask.reshape(m.weight.shape[0], -1) != 0).any(dim=1).sum())
+            assert rows_left == m.weight.shape[0] // 2, name  # half of the FFN neurons removed

@@ -461,3 +461,59 @@ def test_bad_inputs_give_user_errors(packed_dir):
     with pytest.raises(UserError, match="dtype"):
         load(packed_dir, dtype="int3")
     assert pm(torch.tensor([[2, 7, 3]])).shape == (1, 3)  # 1-D/2-D lists and tensors are accepted
+
+
+def a8_model(arch: str, static: bool = False):
+    """Every encoder Linear with per-row weights (int8 / ternary / binary) and 8-bit activations."""
+    model = tiny(arch)
+    layers = compress_modules(model, encoder_linear_patterns(model))
+    kinds = [lambda: IntQuantizer(8), TernaryQuantizer, BinaryQuantizer]
+    for j, layer in enumerate(layers.values()):
+        layer.weight_quantizer = kinds[(j // 6) % 3]()  # one kind per layer: Q/K/V fuse
+        layer.input_quantizer = StaticActQuantizer(8) if static else DynamicActQuantizer(8)
+    next(iter(compress_embeddings(model).values())).weight_quantizer = IntQuantizer(8)
+    return model.eval()
+
+
+@pytest.mark.parametrize(("arch", "static"), [("bert", False), ("roberta", False), ("distilbert", True)])
+def test_a8_models_run_exact_int8_products_by_default(tmp_path, arch, static):
+    from compactbert.runtime.kernels import Int8Linear
+
+    model = a8_model(arch, static)
+    ids, mask, tt = batch(arch)
+    if static:
+        with calibration(model):
+            hf_logits(model, arch, ids, mask, tt)
+    ref = hf_logits(model, arch, ids, mask, tt)
+    export_packed(model, None, tmp_path, float_dtype="float32")
+    pm = load(tmp_path)  # auto: the activation quantizers run, as int8 products
+    int8 = [m for m in pm.encoder.modules() if isinstance(m, Int8Linear)]
+    assert pm.dtype == "fp32" and len(int8) == 2 * 4  # fused QKV, O, up, down in both layers
+    assert "int8 qlinear" in pm.describe()
+    out = run(pm, arch, ids, mask, tt)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=0)
+    fast = run(load(tmp_path, act_quant="off"), arch, ids, mask, tt)  # bf16, activations unquantized
+    assert float((fast - ref).abs().max()) > 20 * float((out - ref).abs().max())
+
+
+def test_rounding_floats_to_fp16_makes_the_default_fp16_export_exact(tmp_path):
+    from compactbert.export.pack import round_floats_to_fp16
+
+    model = a8_model("bert")
+    ids, mask, tt = batch("bert")
+    latent = {n: p.detach().clone() for n, p in model.named_parameters()
+              if "encoder.layer" in n and n.endswith(("query.weight", "dense.weight")) and "LayerNorm" not in n}
+    assert len(latent) == 2 * 4
+    unrounded = hf_logits(model, "bert", ids, mask, tt)
+    export_packed(model, None, tmp_path / "before")
+    before = run(load(tmp_path / "before"), "bert", ids, mask, tt)
+    assert round_floats_to_fp16(model) > 10  # LayerNorms, biases, position and type embeddings, head
+    assert all(torch.equal(p, latent[n]) for n, p in model.named_parameters() if n in latent)  # codes kept
+    ln = model.bert.encoder.layer[0].output.LayerNorm.weight
+    assert torch.equal(ln, ln.half().float())
+    ref = hf_logits(model, "bert", ids, mask, tt)
+    export_packed(model, None, tmp_path / "after")  # fp16 storage now loses nothing
+    after = run(load(tmp_path / "after"), "bert", ids, mask, tt)
+    torch.testing.assert_close(after, ref, atol=2e-5, rtol=0)
+    torch.testing.assert_close(before, after, atol=1e-6, rtol=0)  # the export stored fp16 values anyway
+    assert not torch.equal(unrounded, ref)  # what changed is the evaluated model: now what is shipped

@@ -75,6 +75,8 @@ def compress(
         _write_run_files, check_output_dir, load_for_task, start_run,
     )
     from .data.batching import encode
+    from .export.pack import round_floats_to_fp16
+    from .nn.io import save_model
     from .data.sources import load_examples
     from .data.tasks import get_task
     from .recipe import Recipe
@@ -167,7 +169,12 @@ def compress(
         last = stage_dir(out, len(rec.stages) - 1, rec.stages[-1].name) / "model"
         tmp = out / "model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(last, tmp)
+        # the final model holds exactly what `export` stores (floats as fp16 values), so the packed
+        # model predicts what eval.json measured (see round_floats_to_fp16)
+        last_net, last_tok = _load_saved(last, f"stage {len(rec.stages) - 1} model")
+        round_floats_to_fp16(last_net)
+        save_model(last_net, last_tok, tmp)
+        del last_net
         shutil.rmtree(out / "model", ignore_errors=True)
         tmp.rename(out / "model")
         _merge_metrics(out, rec)

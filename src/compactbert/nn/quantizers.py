@@ -110,7 +110,7 @@ _COMPILED: dict[Any, Any] = {}
 _COMPILE_BROKEN: list[str] = []  # the first error, once compiling failed in this process
 
 
-def _run(fn, compiled: bool, *args, dynamic: bool = False):
+def run_compiled(fn, compiled: bool, *args, dynamic: bool = False):
     """``fn(*args)``, through ``torch.compile`` when ``compiled`` (falls back to eager for good,
     with one warning, if compiling fails, e.g. without a C++ compiler).
 
@@ -319,7 +319,7 @@ class _RowQuantizer(Quantizer):
 
     def _fake(self, w: torch.Tensor) -> torch.Tensor:
         rows, cols = _rows_cols(w.shape)
-        out = _run(type(self)._fake_2d, self.compiled, w.float().reshape(rows, cols))
+        out = run_compiled(type(self)._fake_2d, self.compiled, w.float().reshape(rows, cols))
         return out.reshape(w.shape).to(w.dtype)
 
     @classmethod
@@ -677,7 +677,7 @@ class DynamicActQuantizer(Quantizer):
         return _StraightThrough.apply(x, self._fake)
 
     def _fake(self, x: torch.Tensor) -> torch.Tensor:
-        return _run(_dynamic_act_fake, self.compiled, x, self.qmax, dynamic=True)  # any token count
+        return run_compiled(_dynamic_act_fake, self.compiled, x, self.qmax, dynamic=True)  # any token count
 
     def quantize_ints(self, x):
         with torch.no_grad():

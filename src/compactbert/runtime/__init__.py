@@ -14,8 +14,11 @@ the AMX/AVX512-BF16 units with bias, activation and residual fused. ``dtype="fp3
 path: quantized weights decode bitwise to the values the training-time layers used and activation
 quantizers are emulated, so with uncompressed tensors exported as float32
 (``export_packed(..., float_dtype="float32")``) it reproduces the training-time logits (to ~1e-6).
-bf16 does not emulate activation quantizers (``act_quant="auto"``): a model trained with 8-bit
-activations then sees full-precision ones.
+A model trained with 8-bit activation quantizers (XTC's W1A8/W2A8, W8A8) runs them exactly by
+default: its products become oneDNN int8 linears on the integer codes (AMX/VNNI; exact int32
+sums, then the weight-row and token scales), the rest runs in float32, and it predicts what the
+training-time model predicts. ``act_quant="off"`` (or ``dtype="bf16"``) drops them for the bf16
+path: faster, but such a model then sees full-precision activations.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 
 from ..errors import UserError
 from .encoder import LeanEncoder
-from .kernels import cpu_has_native_bf16, mkldnn_available
+from .kernels import Int8Linear, cpu_has_native_bf16, mkldnn_available, onednn_int8_available
 
 __all__ = ["load", "PackedModel", "LeanEncoder", "default_dtype"]
 
@@ -81,7 +84,11 @@ class PackedModel:
         else:
             how = "torch F.linear (MKL)"
         parts = [f"compactbert runtime: {self.dtype} weights, {how}, SDPA flash attention, [CLS]-only last layer"]
-        if self.act_quant and self.config.get("act_quant"):
+        n_int8 = sum(isinstance(m, Int8Linear) for m in self.encoder.modules())
+        if n_int8:
+            parts.append(f"{n_int8} linears as oneDNN int8 qlinear (AMX/VNNI) with exact 8-bit activation "
+                         "quantization, scales/bias/GELU/residual in a compiled epilogue")
+        elif self.act_quant and self.config.get("act_quant"):
             parts.append("activation quantizers emulated")
         heads, ffn = c["heads_per_layer"], c["ffn_per_layer"]
         show = (lambda v: str(v[0]) if v and len(set(v)) == 1 else str(list(v)))
@@ -180,8 +187,10 @@ def load(path: str | os.PathLike, dtype: str = "auto", threads: int | None = Non
         path: A folder written by :func:`compactbert.export.pack.export_packed`.
         dtype: ``"auto"`` (bf16 where the CPU has native bf16, else fp32), ``"bf16"`` or ``"fp32"``.
         threads: If given, ``torch.set_num_threads(threads)`` (process-wide).
-        act_quant: Emulate the model's activation quantizers: ``"auto"`` (in fp32 only, where it
-            makes the logits exact; bf16 runs without them), ``"on"`` or ``"off"``.
+        act_quant: Run the model's activation quantizers: ``"auto"`` (default: a model trained with
+            8-bit activations runs them exactly, its products as oneDNN int8 (AMX/VNNI) and the rest
+            in float32, unless ``dtype="bf16"`` is asked for), ``"on"`` (also in bf16) or ``"off"``
+            (ignore them: the fast bf16 path, which may change ~0.5% of predictions of such models).
         verify: Check sha256 of every file (default True).
 
     Raises:
@@ -190,6 +199,7 @@ def load(path: str | os.PathLike, dtype: str = "auto", threads: int | None = Non
     """
     from ..export.pack import load_packed_tokenizer, read_packed
 
+    dtype_given = dtype != "auto"
     if dtype == "auto":
         dtype = default_dtype()
     if dtype not in _DTYPES:
@@ -201,11 +211,18 @@ def load(path: str | os.PathLike, dtype: str = "auto", threads: int | None = Non
             raise UserError(f"threads={threads!r} is not valid; valid: a positive integer")
         torch.set_num_threads(threads)
     tdtype = _DTYPES[dtype]
-    dtype = "bf16" if tdtype == torch.bfloat16 else "fp32"
     packed = read_packed(path, verify=verify)
+    has_aq = bool(packed.act_quant)
+    # auto: a model trained with activation quantizers runs them exactly (int8 products, float32
+    # elsewhere) unless a dtype was asked for; without them, bf16 where it is fast.
+    use_aq = has_aq and (act_quant == "on" or (act_quant == "auto" and (not dtype_given or tdtype == torch.float32)))
+    if use_aq and act_quant == "auto":
+        tdtype = torch.float32
+    dtype = "bf16" if tdtype == torch.bfloat16 else "fp32"
     backend = "mkldnn" if (tdtype == torch.bfloat16 and mkldnn_available()) else "torch"
-    use_aq = act_quant == "on" or (act_quant == "auto" and dtype == "fp32")
+    int8 = use_aq and onednn_int8_available()
     encoder = LeanEncoder(packed.config, packed.tensors, dtype=tdtype, backend=backend,
-                          act_quant=packed.act_quant if use_aq else None, vocab_map=packed.vocab_map)
+                          act_quant=packed.act_quant if use_aq else None, vocab_map=packed.vocab_map,
+                          int8_codes=packed.row_codes if int8 else None)
     tokenizer = load_packed_tokenizer(packed.path)
     return PackedModel(encoder, tokenizer, packed.config, packed.manifest, packed.path, dtype, backend, use_aq)

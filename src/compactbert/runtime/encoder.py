@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import ActQuant, Linear
+from .kernels import ActQuant, Int8Linear, Linear
 
 __all__ = ["LeanEncoder"]
 
@@ -53,11 +53,15 @@ class LeanEncoder(nn.Module):
         act_quant: Canonical linear name -> ``{"spec", "scale", "zero_point"}``: activation
             quantizers to emulate, or None to run without them.
         vocab_map: (original vocab,) old token id -> embedding row, after vocabulary pruning.
+        int8_codes: Weight name -> (int8 levels, per-row scales) (``PackedWeights.row_codes``): a
+            linear with a symmetric activation quantizer and such a weight runs as an exact
+            :class:`~.kernels.Int8Linear` (needs ``act_quant``).
     """
 
     def __init__(self, config: dict[str, Any], tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32,
                  backend: str = "torch", act_quant: dict[str, dict[str, Any]] | None = None,
-                 vocab_map: torch.Tensor | None = None):
+                 vocab_map: torch.Tensor | None = None,
+                 int8_codes: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
         super().__init__()
         self.config = config
         self.dtype = dtype
@@ -75,10 +79,22 @@ class LeanEncoder(nn.Module):
         def t(name: str) -> torch.Tensor:
             return tensors[name]
 
-        def lin(name: str, dt: torch.dtype | None = None, backend: str | None = None) -> Linear:
+        codes = int8_codes or {}
+
+        def act_quant_of(name: str) -> ActQuant | None:
             spec = aq.get(name)
-            quant = ActQuant(spec["spec"], spec.get("scale"), spec.get("zero_point")) if spec else None
+            return ActQuant(spec["spec"], spec.get("scale"), spec.get("zero_point")) if spec else None
+
+        def int8_ok(name: str, quant: ActQuant | None) -> bool:
+            return (quant is not None and f"{name}.weight" in codes and quant.symmetric
+                    and quant.zero_point is None and quant.qmax <= 127)
+
+        def lin(name: str, dt: torch.dtype | None = None, backend: str | None = None) -> Linear | Int8Linear:
+            quant = act_quant_of(name)
             bias = tensors.get(f"{name}.bias")
+            if int8_ok(name, quant):
+                levels, scales = codes[f"{name}.weight"]
+                return Int8Linear(levels, scales, bias, quant, dt or dtype)
             return Linear(t(f"{name}.weight"), bias, dt or dtype, backend or self.backend, quant)
 
         # embeddings: tables in the compute dtype; sum and LayerNorm in float32
@@ -100,12 +116,16 @@ class LeanEncoder(nn.Module):
                 keys = {(ActQuant(aq[n]["spec"], aq[n].get("scale"), aq[n].get("zero_point")).key() if n in aq else None)
                         for n in (f"{p}.attn.q", f"{p}.attn.k", f"{p}.attn.v")}
                 if len(keys) == 1:
-                    w = torch.cat([t(f"{p}.attn.{n}.weight") for n in "qkv"])  # (3 * heads * d, hidden)
                     bs = [tensors.get(f"{p}.attn.{n}.bias") for n in "qkv"]
                     b = torch.cat([x if x is not None else torch.zeros(heads * self.head_dim) for x in bs])
-                    spec = aq.get(f"{p}.attn.q")
-                    quant = ActQuant(spec["spec"], spec.get("scale"), spec.get("zero_point")) if spec else None
-                    qkv = Linear(w, b, dtype, self.backend, quant)
+                    quant = act_quant_of(f"{p}.attn.q")
+                    if all(int8_ok(f"{p}.attn.{n}", quant) for n in "qkv"):
+                        parts = [codes[f"{p}.attn.{n}.weight"] for n in "qkv"]
+                        qkv = Int8Linear(torch.cat([c[0] for c in parts]), torch.cat([c[1] for c in parts]), b,
+                                         quant, dtype)
+                    else:
+                        w = torch.cat([t(f"{p}.attn.{n}.weight") for n in "qkv"])  # (3 * heads * d, hidden)
+                        qkv = Linear(w, b, dtype, self.backend, quant)
                 else:
                     q, k, v = (lin(f"{p}.attn.{n}") for n in "qkv")
                 o = lin(f"{p}.attn.o")

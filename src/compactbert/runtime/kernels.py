@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["cpu_has_native_bf16", "mkldnn_available", "Linear", "ActQuant", "activation_fn"]
+__all__ = ["cpu_has_native_bf16", "mkldnn_available", "onednn_int8_available", "Linear", "Int8Linear", "ActQuant",
+           "activation_fn"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,6 +67,19 @@ def mkldnn_available() -> bool:
         w = torch.ops.mkldnn._reorder_linear_weight(torch.ones(8, 8, dtype=torch.bfloat16), None)
         y = torch.ops.mkldnn._linear_pointwise(torch.ones(2, 8, dtype=torch.bfloat16), w, None, "none", [], "")
         return bool(torch.allclose(y.float(), torch.full((2, 8), 8.0)))
+    except (RuntimeError, AttributeError):
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_int8_available() -> bool:
+    """True when PyTorch's oneDNN int8 linear (``onednn.qlinear_pointwise``, AMX / VNNI) works here."""
+    try:
+        w = torch.ops.onednn.qlinear_prepack(torch.ones(8, 8, dtype=torch.int8), None)
+        y = torch.ops.onednn.qlinear_pointwise(
+            torch.full((2, 8), 3, dtype=torch.int8), 1.0, 0, w, torch.full((8,), 0.5), torch.zeros(8, dtype=torch.int64),
+            None, 1.0, 0, torch.float32, "none", [], "")
+        return bool(torch.equal(y, torch.full((2, 8), 12.0)))
     except (RuntimeError, AttributeError):
         return False
 
@@ -169,3 +183,74 @@ class Linear(nn.Module):
         if residual is not None:
             y = y + residual
         return y
+
+
+# ----------------------------------------------------------------------------- exact int8 products
+def _quant_dynamic(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token codes (int8) and scales (tokens, 1), exactly as ``DynamicActQuantizer``."""
+    xf = x.float()
+    scale = (xf.abs().amax(dim=-1, keepdim=True) / qmax).clamp_min(1e-30)
+    return torch.round(xf / scale).to(torch.int8), scale  # |x| <= qmax * scale: no clamp needed
+
+
+def _quant_static(x: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Codes (int8) with one calibrated symmetric scale, exactly as ``StaticActQuantizer``."""
+    return torch.round((x.float() / scale).clamp(-qmax, qmax)).to(torch.int8)
+
+
+def _epilogue(y: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, act: str | None,
+              residual: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    y = y * scale
+    if bias is not None:
+        y = y + bias
+    if act is not None:
+        y = _TORCH_ACT[act](y)
+    if residual is not None:
+        y = y + residual.float()
+    return y.to(out_dtype)
+
+
+class Int8Linear(nn.Module):
+    """``act(quant(x) @ W^T + b) [+ residual]`` with integer products, for layers trained with 8-bit
+    activation quantization and weights with one scale per row (int8/int-k symmetric, ternary, binary).
+
+    The activation codes and the weight levels are multiplied as integers by oneDNN's int8 linear
+    (AMX / VNNI; int32 accumulation, exact), scaled by the weight's row scales inside the product and
+    by the token's scale in the epilogue (with bias, activation and residual: one fused loop when
+    ``torch.compile`` works, eager otherwise). Unlike a float product of the fake-quantized values, no
+    rounding happens before the final scaling: the result matches the training-time FP32 model to
+    ~1e-6 relative, which is what makes the packed model predict what the trained model predicts.
+
+    Args:
+        levels: (out, in) int8 integer weight levels.
+        row_scales: (out,) float32: ``weight == levels * row_scales[:, None]``.
+        bias: (out,) or None.
+        act_quant: The layer's :class:`ActQuant` (dynamic per-token, or static symmetric).
+        out_dtype: Dtype of the output (the encoder's compute dtype).
+    """
+
+    def __init__(self, levels: torch.Tensor, row_scales: torch.Tensor, bias: torch.Tensor | None, act_quant: ActQuant,
+                 out_dtype: torch.dtype):
+        super().__init__()
+        if act_quant.kind == "static_act" and act_quant.zero_point is not None:
+            raise ValueError("Int8Linear needs symmetric activation quantization")
+        self.out_features, self.in_features = levels.shape
+        self.act_quant = act_quant
+        self.out_dtype = out_dtype
+        self.packed = torch.ops.onednn.qlinear_prepack(levels.to(torch.int8).contiguous(), None)
+        self.register_buffer("w_scales", row_scales.float().contiguous())
+        self.register_buffer("w_zero", torch.zeros(levels.shape[0], dtype=torch.int64))
+        self.register_buffer("bias", bias.float().contiguous() if bias is not None else None)
+
+    def forward(self, x: torch.Tensor, activation: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+        from ..nn.quantizers import run_compiled
+
+        aq = self.act_quant
+        if aq.kind == "dynamic_act":
+            codes, scale = run_compiled(_quant_dynamic, True, x, aq.qmax, dynamic=True)
+        else:
+            scale = aq.scale
+            codes = run_compiled(_quant_static, True, x, scale, aq.qmax, dynamic=True)
+        acc = torch.ops.onednn.qlinear_pointwise(  # (tokens, out) = (codes @ levels^T) * row_scales
+            codes, 1.0, 0, self.packed, self.w_scales, self.w_zero, None, 1.0, 0, torch.float32, "none", [], "")
+        return run_compiled(_epilogue, True, acc, scale, self.bias, activation, residual, self.out_dtype, dynamic=True)

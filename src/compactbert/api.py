@@ -689,12 +689,22 @@ def size(path: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[
             atomic_write_json(Path(out), report)
         return report
     model_dir = Path(model_source(p))
-    net, _ = _load_saved(model_dir, "model")
+    net, tok = _load_saved(model_dir, "model")
     report = size_report(net, uncompressed_bits=PACKED_FLOAT_BITS)
+    report.update(packed_extras(tok, report["compressed_bytes"]))
     target = Path(out) if out is not None else (p / "size.json" if is_run_dir(p) else None)
     if target is not None:
         atomic_write_json(target, report)
     return report
+
+
+def packed_extras(tokenizer, weights_bytes: int) -> dict[str, int]:
+    """What a packed directory adds to the weights: the xz tokenizer, exactly as ``export`` writes
+    it, and ``predicted_files_bytes`` (weights + tokenizer; the JSON files add a few KB)."""
+    from .export.pack import tokenizer_files
+
+    tok = sum(len(b) for _, b in tokenizer_files(tokenizer)) if tokenizer is not None else 0
+    return {"tokenizer_bytes": tok, "predicted_files_bytes": weights_bytes + tok}
 
 
 def packed_size_report(path: str | os.PathLike) -> dict[str, Any]:

@@ -71,7 +71,7 @@ def compress(
 
     from . import __version__
     from .api import (
-        EVAL_FILE, PACKED_FLOAT_BITS, SUBSET_SEED, _load_saved, _quiet_transformers, _train_config,
+        EVAL_FILE, PACKED_FLOAT_BITS, SUBSET_SEED, packed_extras, _load_saved, _quiet_transformers, _train_config,
         _write_run_files, check_output_dir, load_for_task, start_run,
     )
     from .data.batching import encode
@@ -182,7 +182,9 @@ def compress(
         final, _ = _load_saved(out / "model", "compressed model")
         metrics = evaluate_model(final, spec, eval_features, 64, bf16, tokenizer.pad_token_id)
         atomic_write_json(out / EVAL_FILE, {"task": spec.name, "split": eval_split, "n": len(eval_features), "metrics": metrics})
-        atomic_write_json(out / SIZE_FILE, size_report(final, uncompressed_bits=PACKED_FLOAT_BITS))
+        report = size_report(final, uncompressed_bits=PACKED_FLOAT_BITS)
+        report.update(packed_extras(tokenizer, report["compressed_bytes"]))
+        atomic_write_json(out / SIZE_FILE, report)
         info.update(status="done", stage_results=summaries, finished=_dt.datetime.now().isoformat(timespec="seconds"))
         _write_run_files(out, info, None)
     state.wait_for_everyone()

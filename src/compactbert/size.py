@@ -194,4 +194,7 @@ def format_size_table(report: dict[str, Any], only_compressed: bool = False) -> 
         f"total: {report['compressed_bytes']:,} bytes packed vs {report['dense_fp32_bytes']:,} dense fp32 "
         f"({report['ratio']:.2f}x smaller)"
     )
+    if report.get("tokenizer_bytes"):
+        lines.append(f"+ tokenizer (xz): {report['tokenizer_bytes']:,} bytes -> packed directory ~"
+                     f"{report['predicted_files_bytes']:,} bytes")
     return "\n".join(lines)

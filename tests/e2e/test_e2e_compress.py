@@ -164,6 +164,13 @@ def test_export_packed_then_eval_the_packed_directory(teacher, tmp_path, capsys)
     packed_report = json.loads((tmp_path / "packed-size.json").read_text())
     assert packed_report["compressed_bytes"] == predicted
     assert packed_report["files_bytes"] == sum(f.stat().st_size for f in packed.rglob("*") if f.is_file())
+    # the prediction includes the xz tokenizer byte for byte; the JSON files are what is left
+    size_json = json.loads((out / "size.json").read_text())
+    tok_files = sum(f.stat().st_size for f in (packed / "tokenizer").iterdir())
+    assert size_json["tokenizer_bytes"] == tok_files > 0
+    assert size_json["predicted_files_bytes"] == predicted + tok_files
+    json_files = sum((packed / n).stat().st_size for n in ("manifest.json", "config.json"))
+    assert packed_report["files_bytes"] - size_json["predicted_files_bytes"] == json_files + 8 + header
     assert main(["export", str(out), "--out", str(tmp_path / "bad"), "--format", "tflite"]) == 2
 
 

@@ -611,6 +611,21 @@ def _nearest_kept(table: torch.Tensor, keep: torch.Tensor, chunk: int = 2048) ->
     return out
 
 
+def tokenizer_files(tokenizer, compress: bool = True) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of the tokenizer as a packed directory stores it (xz by default)."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        for f in sorted(Path(tmp).iterdir()):
+            if f.is_file():
+                data = f.read_bytes()
+                if compress:
+                    out.append((f.name + ".xz", lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)))
+                else:
+                    out.append((f.name, data))
+    return out
+
+
 def round_floats_to_fp16(model: nn.Module) -> int:
     """Round every float tensor the packed format stores as float16 to its float16 value, in place.
 
@@ -802,20 +817,10 @@ def export_packed(
     (out / CONFIG_FILE).write_text(json.dumps(config, sort_keys=True, separators=(",", ":")) + "\n")
     tok_files: list[str] = []
     if tokenizer is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            tokenizer.save_pretrained(tmp)
-            (out / TOKENIZER_DIR).mkdir()
-            for f in sorted(Path(tmp).iterdir()):
-                if not f.is_file():
-                    continue
-                data = f.read_bytes()
-                if compress_tokenizer:
-                    target = out / TOKENIZER_DIR / (f.name + ".xz")
-                    target.write_bytes(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
-                else:
-                    target = out / TOKENIZER_DIR / f.name
-                    target.write_bytes(data)
-                tok_files.append(f"{TOKENIZER_DIR}/{target.name}")
+        (out / TOKENIZER_DIR).mkdir()
+        for fname, data in tokenizer_files(tokenizer, compress_tokenizer):
+            (out / TOKENIZER_DIR / fname).write_bytes(data)
+            tok_files.append(f"{TOKENIZER_DIR}/{fname}")
 
     files: dict[str, Any] = {}
     for rel in [WEIGHTS_FILE, CONFIG_FILE, *tok_files]:

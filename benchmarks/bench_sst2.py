@@ -36,7 +36,9 @@ SMALLEST = "xtc-layer-reduction-binary"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--teacher", default=str(REPO / "runs" / "sst2-teacher"))
-    p.add_argument("--runs", default=str(REPO / "runs" / "compress-sst2"))
+    p.add_argument("--runs", nargs="+", default=[str(REPO / "runs" / "compress-sst2")],
+                   help="folders of compress runs; a run name seen before gets the folder's suffix "
+                        "(runs/compress-sst2-full/xtc-ternary -> xtc-ternary-full)")
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--out", default=str(REPO / "runs" / "packed-sst2"))
     p.add_argument("--threads", type=int, default=2)
@@ -82,17 +84,23 @@ def main(argv=None) -> int:
     teacher, out = Path(args.teacher), Path(args.out)
     dev = load_examples("sst2", "dev", args.data)
     jobs = [("teacher-packed", teacher, {})]
-    for run in sorted(Path(args.runs).iterdir()):
-        if (run / "model").is_dir() and (run / "eval.json").is_file():
-            jobs.append((run.name, run, {}))
-            if run.name == SMALLEST:
-                jobs.append((f"{run.name}-vocab", run, {"prune_vocab": True, "max_positions": 128}))
-    packed, agree = [], {}
+    first = Path(args.runs[0]).name
+    for folder in map(Path, args.runs):
+        suffix = folder.name[len(first):] if folder.name.startswith(first) else f"-{folder.name}"
+        for run in sorted(folder.iterdir()):
+            if (run / "model").is_dir() and (run / "eval.json").is_file():
+                name = run.name if not any(j[0] == run.name for j in jobs) else run.name + suffix
+                jobs.append((name, run, {}))
+                if run.name == SMALLEST:
+                    jobs.append((f"{name}-vocab", run, {"prune_vocab": True, "max_positions": 128}))
+    packed, agree, predicted = [], {}, {}
     for name, run, kw in jobs:
         target = out / name
         api.export(run, target, task="sst2", data=args.data, **kw)
         packed.append(str(target))
         agree[name] = agreement(Path(api.model_source(run)), target, dev)
+        if not kw:  # what `compactbert size RUN` predicted for the packed directory
+            predicted[name] = api.size(run, out=out / f"{name}.size.json")["predicted_files_bytes"]
         print(f"{name}: exported; {agree[name]}", flush=True)
 
     result = api.bench(packed, str(teacher), task="sst2", data=args.data, threads=args.threads,
@@ -101,11 +109,14 @@ def main(argv=None) -> int:
     models = {m["name"]: m for m in result["models"]}
     fp32 = models[result["ratios"]["baselines"]["fp32"]]
     ort8 = models.get(result["ratios"]["baselines"].get("ort_int8") or "")
-    rows = ["| model | dev acc (runtime) | same class as training-time model, FP32 / bf16 eval | bytes on disk | x smaller than FP32 safetensors | "
+    rows = ["| model | dev acc (runtime) | same class as training-time model, FP32 / bf16 eval | bytes on disk | "
+            "disk / `size` prediction | x smaller than FP32 safetensors | "
             "bs1 p50 / p90 ms | bs32 seq/s | x FP32 eager (bs32 / bs1) | x ORT int8 (bs32) | peak RSS MB | kernels |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in result["models"]:
-        a = agree.get(Path(m.get("path") or "").name)
+        pname = Path(m.get("path") or "").name
+        a = agree.get(pname)
+        pred = f"{m['file_bytes'] / predicted[pname]:.3f}" if pname in predicted else ""
         acc = "" if m.get("accuracy") is None else f"{m['accuracy'] * 100:.2f}%"
         same = "" if a is None else (
             f"{a['agree_fp32'] * 100:.2f}% / {a['agree_bf16'] * 100:.2f}% "
@@ -115,7 +126,7 @@ def main(argv=None) -> int:
         vs_fp32 = (f"{m['throughput_bs32'] / fp32['throughput_bs32']:.2f}x / "
                    f"{fp32['latency_ms_bs1_p50'] / m['latency_ms_bs1_p50']:.2f}x")
         rows.append(
-            f"| {m['name']} | {acc} | {same} | {m['file_bytes']:,} | {teacher_st / m['file_bytes']:.1f}x | "
+            f"| {m['name']} | {acc} | {same} | {m['file_bytes']:,} | {pred} | {teacher_st / m['file_bytes']:.1f}x | "
             f"{m['latency_ms_bs1_p50']:.1f} / {m['latency_ms_bs1_p90']:.1f} | {m['throughput_bs32']:.1f} | "
             f"{vs_fp32} | {vs_ort} | {m.get('peak_rss_mb', 0):.0f} | {m.get('kernels', '')} |"
         )
@@ -131,6 +142,9 @@ Accuracy is on the full SST-2 dev set (872). "x smaller" compares the whole pack
 manifest, config, tokenizer) with the FP32 teacher's `model.safetensors` ({teacher_st:,} bytes).
 Agreement: the packed runtime's predicted class against the run's model in PyTorch, evaluated in FP32
 and with bf16 autocast (as `compactbert eval RUN` does), same dev set; that model's accuracy in brackets.
+"disk / `size` prediction": the packed directory's bytes over `compactbert size RUN`'s
+`predicted_files_bytes` (weights + xz tokenizer; the JSON files are the rest). The vocabulary-pruned
+export has no such prediction (`size` sizes the run, whose vocabulary is whole).
 
 {chr(10).join(rows)}
 """

@@ -234,8 +234,17 @@ def _check_same(out: Path, rec, config: dict[str, Any]) -> None:
             "resume with the same recipe and --set values, or use --overwrite"
         )
     for k, v in config.items():
-        if old.get("config", {}).get(k, v) != v:
-            raise UserError(f"--resume: {k} was {old['config'][k]!r} in {str(out)!r}, now {v!r}; use the same value")
+        was = old.get("config", {}).get(k, v)
+        if was != v and not _same_path(was, v):
+            raise UserError(f"--resume: {k} was {was!r} in {str(out)!r}, now {v!r}; use the same value")
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    """Two spellings of one existing file or folder (``../data`` and ``/work/data``)."""
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
 def _check_teacher_head(teacher, spec) -> None:

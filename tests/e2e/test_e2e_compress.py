@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -103,6 +104,13 @@ def test_compress_resume_continues_and_reaches_the_same_model(teacher, tmp_path)
     assert before.keys() == after.keys()
     for k in before:
         assert torch.equal(before[k], after[k]), k
+    # the same data folder spelled another way resumes; another folder does not
+    other = glue.parent / "other-glue"
+    shutil.copytree(glue, other)
+    assert main(["compress", str(recipe), "--teacher", str(run), "--task", "sst2", "--out", str(out), "--no-progress",
+                 "--data", os.path.relpath(glue), "--resume"]) == 0
+    assert main(["compress", str(recipe), "--teacher", str(run), "--task", "sst2", "--out", str(out), "--no-progress",
+                 "--data", str(other), "--resume"]) == 2
 
 
 def test_compress_errors_are_one_line(teacher, tmp_path, capsys):

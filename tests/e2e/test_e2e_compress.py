@@ -200,3 +200,23 @@ def test_compress_with_taylor_structured_pruning_and_distillation(teacher, tmp_p
         if name.endswith("intermediate.dense"):
             rows_left = int((m.weight_mask.reshape(m.weight.shape[0], -1) != 0).any(dim=1).sum())
             assert rows_left == m.weight.shape[0] // 2, name  # half of the FFN neurons removed
+
+
+@pytest.mark.parametrize(("method", "bf16_eval"), [("{type: ternary}", False), ("{type: quantize, weight: ternary}", True)])
+def test_final_evaluation_is_fp32_for_models_with_activation_quantizers(teacher, tmp_path, monkeypatch, method, bf16_eval):
+    import compactbert.train.loop as loop
+
+    seen = []
+    real = loop.evaluate_model
+
+    def spy(model, spec, features, batch_size, bf16, pad_id):
+        seen.append(bf16)
+        return real(model, spec, features, batch_size, bf16, pad_id)
+
+    monkeypatch.setattr(loop, "evaluate_model", spy)
+    glue, run, _ = teacher
+    recipe = tmp_path / "q.yaml"
+    recipe.write_text("seed: 1\nmax_seq_length: 32\nbf16: true\nstages:\n  - name: q\n    steps: 2\n    batch_size: 8\n"
+                      f"    methods:\n      - {method}\n")
+    assert _compress(glue, run, recipe, tmp_path / "q") == 0
+    assert seen[-1] is bf16_eval  # the final evaluation (W2A8: FP32, as the exact runtime computes)

@@ -2,7 +2,7 @@
 
 1. Exports every compressed run under ``--runs`` (made by ``benchmarks/compress_sst2.py``) and the
    teacher itself to packed directories; the XTC 3-layer binary model also with ``--prune-vocab``
-   (SST-2 train + dev tokens) and 128 positions.
+   (SST-2 train + dev tokens) and 128 positions, and its first stage (the 3-layer FP32 student).
 2. Agreement: the packed runtime's predictions on the full SST-2 dev set against the training-time
    model (the run's ``model/`` in PyTorch, FP32), and both accuracies.
 3. ``compactbert bench``: every packed model, the FP32 teacher in PyTorch eager, the teacher in ONNX
@@ -93,6 +93,9 @@ def main(argv=None) -> int:
                 jobs.append((name, run, {}))
                 if run.name == SMALLEST:
                     jobs.append((f"{name}-vocab", run, {"prune_vocab": True, "max_positions": 128}))
+                    stage0 = sorted((run / "stages").glob("0-*"))
+                    if stage0 and (stage0[0] / "model").is_dir():  # XTC step 1: the 3-layer FP32 student
+                        jobs.append((f"{name}-3L-fp32".replace("-binary", ""), stage0[0] / "model", {}))
     packed, agree, predicted = [], {}, {}
     for name, run, kw in jobs:
         target = out / name

@@ -73,6 +73,48 @@ def agreement(run_model: Path, packed: Path, examples) -> dict[str, float]:
     return out
 
 
+_OP_GROUPS = [  # (label, substrings of profiler event names)
+    ("linear products (oneDNN bf16, fused bias/GELU/residual)", ("mkldnn::_linear_pointwise",)),
+    ("int8 products (oneDNN qlinear)", ("onednn::qlinear",)),
+    ("attention (SDPA)", ("scaled_dot_product",)),
+    ("LayerNorm", ("layer_norm",)),
+    ("compiled epilogues / activation quantization", ("CompiledFxGraph",)),
+    ("embedding lookup and sum", ("=aten::index", "=aten::add", "=aten::copy_")),
+    ("F.linear (MKL)", ("=aten::addmm", "=aten::mm")),
+]  # "=name": that op exactly; otherwise any event whose name contains the text
+
+
+def profile_shares(packed: Path, batch: int = 32, seq: int = 128) -> list[tuple[str, float]]:
+    """Share of one thread's CPU time per kind of op for one forward at (batch, seq)."""
+    import torch
+    from torch.profiler import profile
+
+    from compactbert.runtime import load
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m = load(packed)
+        ids = torch.randint(1000, 20000, (batch, seq))
+        with torch.inference_mode():
+            for _ in range(3):
+                m(ids)
+            with profile() as prof:
+                for _ in range(5):
+                    m(ids)
+    finally:
+        torch.set_num_threads(threads)
+    events = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
+    total = sum(t for _, t in events) or 1.0
+    shares = []
+    for label, keys in _OP_GROUPS:
+        t = sum(v for k, v in events if any(k == x[1:] if x.startswith("=") else x in k for x in keys))
+        if t / total >= 0.01:
+            shares.append((label, t / total))
+    shares.append(("other", 1.0 - sum(x for _, x in shares)))
+    return shares
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -133,6 +175,22 @@ def main(argv=None) -> int:
             f"{m['latency_ms_bs1_p50']:.1f} / {m['latency_ms_bs1_p90']:.1f} | {m['throughput_bs32']:.1f} | "
             f"{vs_fp32} | {vs_ort} | {m.get('peak_rss_mb', 0):.0f} | {m.get('kernels', '')} |"
         )
+    # the fastest packed model within 1 point of the teacher, and where its time goes
+    t_acc = models["teacher-fp32"]["accuracy"] if "teacher-fp32" in models else None
+    close = [m for m in result["models"] if m.get("path") and m.get("accuracy") is not None
+             and t_acc is not None and m["accuracy"] >= t_acc - 0.01 and Path(m["path"]).name != "teacher-packed"]
+    profile_text = ""
+    if close:
+        best = max(close, key=lambda m: m["throughput_bs32"])
+        shares = profile_shares(Path(best["path"]))
+        profile_text = (
+            f"**Fastest model within 1 point of the teacher: {best['name']}** ({best['accuracy'] * 100:.2f}%, "
+            f"{best['throughput_bs32'] / fp32['throughput_bs32']:.2f}x the FP32 eager throughput at batch 32, "
+            f"{fp32['latency_ms_bs1_p50'] / best['latency_ms_bs1_p50']:.2f}x lower batch-1 latency, "
+            + (f"{best['throughput_bs32'] / ort8['throughput_bs32']:.2f}x ONNX Runtime int8). " if ort8 else ". ")
+            + "Where its time goes (one forward at batch 32 x 128, one thread, torch.profiler self CPU time): "
+            + ", ".join(f"{label} {share * 100:.0f}%" for label, share in shares) + ".\n"
+        )
     body = f"""## Packed models: size on disk, speed and agreement on SST-2 (`benchmarks/bench_sst2.py`)
 
 Measured {datetime.now().strftime("%Y-%m-%d")} on {cpu_name()}, {args.threads} threads, torch {torch.__version__},
@@ -150,7 +208,8 @@ and with bf16 autocast (as `compactbert eval RUN` does), same dev set; that mode
 export has no such prediction (`size` sizes the run, whose vocabulary is whole).
 
 {chr(10).join(rows)}
-"""
+
+{profile_text}"""
     print(body)
     (out / "agreement.json").write_text(json.dumps(agree, indent=1))
     if args.results:

@@ -131,7 +131,7 @@ def test_ratios_stay_within_each_benchmark(tmp_path):
     entries = collect([paths["bench"], other, paths["run"]])
     rows = {r[0]: dict(zip(COLUMNS, r)) for r in table_rows(entries)}
     assert rows["tiny"]["x smaller"] == "4.00x" and rows["tiny"]["x fp32 speed"] == "5.00x"  # vs its own teacher
-    assert rows["teacher-fp32 (2)"]["x smaller"] == "-"
+    assert rows["teacher-fp32 (b)"]["x smaller"] == "-"  # named by the folder of its bench.json
     assert rows["xtc-6L-binary"]["x smaller"] == "29.8x"  # vs the first bench's teacher
     assert rows["aqbert-search"]["x smaller"] == "14.7x"  # outside a bench: the first FP32 teacher
 
@@ -201,3 +201,14 @@ def test_output_that_is_a_file_is_a_user_error(tmp_path):
     target.write_text("x")
     with pytest.raises(UserError, match="is a file"):
         make_report([paths["run"]], target)
+
+
+def test_a_run_and_its_packed_export_of_the_same_name_are_told_apart_by_kind(tmp_path):
+    paths = write_inputs(tmp_path / "in")
+    packed = tmp_path / "exports" / "aqbert-search"  # exported from the run, same folder name
+    packed.mkdir(parents=True)
+    (packed / "manifest.json").write_text(json.dumps({"format_version": 1}))
+    (packed / "model.safetensors").write_bytes(b"\0" * 700)
+    (packed / "config.json").write_text("{}")
+    names = [e["name"] for e in collect([paths["run"], packed])]
+    assert names == ["aqbert-search", "aqbert-search [packed]"]

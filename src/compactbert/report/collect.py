@@ -215,11 +215,27 @@ def collect(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
         if key is not None:
             by_path[key] = e
 
-    # Same name from different sources (two bench runs): make the names unique for tables and plots.
-    seen: dict[str, int] = {}
+    # Same name from different sources (two bench runs, a run and its packed export): make the
+    # names unique for tables and plots with what tells them apart: the kind, else the folder the
+    # source lies in, else a number.
+    first: dict[str, dict[str, Any]] = {}
+    taken = {e["name"] for e in merged}
     for e in merged:
-        n = seen.get(e["name"], 0) + 1
-        seen[e["name"]] = n
-        if n > 1:
-            e["name"] = f"{e['name']} ({n})"
+        name = e["name"]
+        if name not in first:
+            first[name] = e
+            continue
+        f = first[name]
+        folder = Path(str(e.get("source", "")).split(";")[0].strip()).parent.name
+        if e.get("kind") and e.get("kind") != f.get("kind"):
+            label = f"{name} [{e['kind']}]"
+        elif folder and folder != Path(str(f.get("source", "")).split(";")[0].strip()).parent.name:
+            label = f"{name} ({folder})"
+        else:
+            label = name
+        n = 2
+        while label == name or label in taken:
+            label, n = f"{name} ({n})", n + 1
+        e["name"] = label
+        taken.add(label)
     return merged

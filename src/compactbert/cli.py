@@ -34,34 +34,38 @@ _DATA_HELP = (
     "Default: the embedded corpus for rt, nyu-mll/glue on the hub otherwise."
 )
 
+# options several commands share
+_RunOut = Annotated[Path, typer.Option("--out", "-o", help="Run directory to create (or resume).", show_default=False)]
+_Task = Annotated[str, typer.Option("--task", "-t", help=_TASKS_HELP)]
+_Data = Annotated[Optional[str], typer.Option("--data", "-d", help=_DATA_HELP, show_default=False)]
+_MaxTrain = Annotated[
+    Optional[int], typer.Option(help="Train on a fixed random subset of this many examples.", show_default=False)]
+_MaxEval = Annotated[
+    Optional[int], typer.Option(help="Evaluate on a fixed random subset of this many examples.", show_default=False)]
+_Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start again in --out, deleting a previous run's files there.")]
+
 
 @app.command(no_args_is_help=True)
 def finetune(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create (or resume).", show_default=False)],
+    out: _RunOut,
     model: Annotated[
         str, typer.Option("--model", "-m", help="Model folder, hub id, run directory, or the alias minilm-l6 (embedded).")
     ] = "minilm-l6",
-    task: Annotated[str, typer.Option("--task", "-t", help=_TASKS_HELP)] = "rt",
-    data: Annotated[Optional[str], typer.Option("--data", "-d", help=_DATA_HELP, show_default=False)] = None,
+    task: _Task = "rt",
+    data: _Data = None,
     epochs: Annotated[float, typer.Option(help="Passes over the training data (fractions allowed).")] = 3.0,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW; linear warm-up, then linear decay).")] = 5e-5,
     batch_size: Annotated[int, typer.Option(help="Global batch size (all processes together).")] = 32,
     max_seq_length: Annotated[int, typer.Option(help="Longest tokenized input; longer ones are truncated.")] = 128,
-    max_train_samples: Annotated[
-        Optional[int], typer.Option(help="Train on a fixed random subset of this many examples.", show_default=False)
-    ] = None,
-    max_eval_samples: Annotated[
-        Optional[int], typer.Option(help="Evaluate on a fixed random subset of this many examples.", show_default=False)
-    ] = None,
+    max_train_samples: _MaxTrain = None,
+    max_eval_samples: _MaxEval = None,
     seed: Annotated[int, typer.Option(help="Seed of the new head, the batch order and dropout.")] = 42,
     bf16: Annotated[
         Optional[bool],
         typer.Option("--bf16/--no-bf16", help="bf16 autocast. Default: on where the hardware has native bf16 (AMX, recent GPUs).", show_default=False),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Start again in --out, deleting a previous run's files there.")
-    ] = False,
+    overwrite: _Overwrite = False,
     eval_every: Annotated[
         Optional[int], typer.Option(help="Evaluate every N steps (default: once per epoch).", show_default=False)
     ] = None,
@@ -100,9 +104,7 @@ def eval_(
     task: Annotated[Optional[str], typer.Option("--task", "-t", help=_TASKS_HELP + " Default for a run: its task.", show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help=_DATA_HELP + " Default for a run: its data.", show_default=False)] = None,
     split: Annotated[Optional[str], typer.Option(help="Split to evaluate (default: dev; MNLI: dev_matched).", show_default=False)] = None,
-    max_eval_samples: Annotated[
-        Optional[int], typer.Option(help="Evaluate on a fixed random subset of this many examples.", show_default=False)
-    ] = None,
+    max_eval_samples: _MaxEval = None,
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="Write the result to this JSON file (default: PATH/eval.json for a run).", show_default=False)
     ] = None,
@@ -148,21 +150,17 @@ def _print_eval(result: dict, what: str) -> None:
 def compress(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML file, or the name of a ready recipe (xtc-binary, int8-qat, ...).", show_default=False)],
     teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned teacher: a finetune run directory or a model folder.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create (or resume).", show_default=False)],
-    task: Annotated[str, typer.Option("--task", "-t", help=_TASKS_HELP)] = "rt",
-    data: Annotated[Optional[str], typer.Option("--data", "-d", help=_DATA_HELP, show_default=False)] = None,
+    out: _RunOut,
+    task: _Task = "rt",
+    data: _Data = None,
     set_: Annotated[
         Optional[list[str]],
         typer.Option("--set", help="Override a recipe key, KEY=VALUE (e.g. stages.0.epochs=1); repeatable.", show_default=False),
     ] = None,
-    max_train_samples: Annotated[
-        Optional[int], typer.Option(help="Train on a fixed random subset of this many examples.", show_default=False)
-    ] = None,
-    max_eval_samples: Annotated[
-        Optional[int], typer.Option(help="Evaluate on a fixed random subset of this many examples.", show_default=False)
-    ] = None,
+    max_train_samples: _MaxTrain = None,
+    max_eval_samples: _MaxEval = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out where it stopped.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in --out, deleting a previous run's files there.")] = False,
+    overwrite: _Overwrite = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
     """Compress a fine-tuned teacher with a recipe: leaves OUT/model, eval.json and size.json.
@@ -252,7 +250,7 @@ def bench(
     paths: Annotated[list[str], typer.Argument(help="Packed directories (or ONNX / model folders) to measure.", show_default=False)],
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="The FP32 teacher (run directory or model folder): measured in PyTorch eager and as ONNX Runtime FP32/int8.", show_default=False)] = None,
     task: Annotated[Optional[str], typer.Option("--task", "-t", help="Also measure accuracy on this task's dev set.", show_default=False)] = None,
-    data: Annotated[Optional[str], typer.Option("--data", "-d", help=_DATA_HELP, show_default=False)] = None,
+    data: _Data = None,
     threads: Annotated[int, typer.Option("--threads", help="Threads for every runtime.")] = 2,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="bench.json path (default: FIRST_PATH/bench.json).", show_default=False)] = None,
     n_latency: Annotated[int, typer.Option(help="Timed batch-1 runs per model.")] = 50,

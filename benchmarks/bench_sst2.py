@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from finetune_sst2 import cpu_name, write_section  # noqa: E402
+from finetune_sst2 import cpu_name, publish  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "glue"
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -210,11 +210,8 @@ export has no such prediction (`size` sizes the run, whose vocabulary is whole).
 {chr(10).join(rows)}
 
 {profile_text}"""
-    print(body)
     (out / "agreement.json").write_text(json.dumps(agree, indent=1))
-    if args.results:
-        write_section(Path(args.results), body, SECTION)
-        print(f"wrote section {SECTION!r} of {args.results}")
+    publish(body, args.results, SECTION)
     return 0
 
 

@@ -29,7 +29,7 @@ from typing import Literal
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from finetune_sst2 import cpu_name, write_section  # noqa: E402
+from finetune_sst2 import cpu_name, publish  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "glue"
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -238,10 +238,7 @@ distillation (teacher forward included) {cost['qat+kd']:.3f} s/step: **{cost['ra
 The QAT run uses compiled quantizers (`compile: true`, what `auto` picks for any run of 500 steps or
 more; compiling happens in the untimed first steps), one thread, `OMP_NUM_THREADS=1`.
 """
-    print(body)
-    if args.results:
-        write_section(Path(args.results), body, SECTION)
-        print(f"wrote section {SECTION!r} of {args.results}")
+    publish(body, args.results, SECTION)
     return 0
 
 

@@ -115,6 +115,14 @@ def write_section(path: Path, body: str, section: str = SECTION) -> None:
     path.write_text(text)
 
 
+def publish(body: str, results: str | None, section: str = SECTION) -> None:
+    """Print a results section and, when ``results`` names a file, write it there."""
+    print(body)
+    if results:
+        write_section(Path(results), body, section)
+        print(f"wrote section {section!r} of {results}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -187,11 +195,7 @@ The FP32 and bf16 numbers come from two short windows of the same training loop 
 {args.warmup_steps + args.timing_steps} batches, after {args.warmup_steps} untimed warm-up steps each; the FP32
 window is kept short on purpose (the full run is bf16 only).
 """
-    print(body)
-    target = args.results or (None if smoke else str(RESULTS))
-    if target:
-        write_section(Path(target), body)
-        print(f"wrote section {SECTION!r} of {target}")
+    publish(body, args.results or (None if smoke else str(RESULTS)))
     return 0
 
 

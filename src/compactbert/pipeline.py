@@ -171,15 +171,13 @@ def compress(
         shutil.rmtree(tmp, ignore_errors=True)
         # the final model holds exactly what `export` stores (floats as fp16 values), so the packed
         # model predicts what eval.json measured (see round_floats_to_fp16)
-        last_net, last_tok = _load_saved(last, f"stage {len(rec.stages) - 1} model")
-        round_floats_to_fp16(last_net)
-        save_model(last_net, last_tok, tmp)
-        del last_net
+        # (saving is exact, so the object in hand is the model as saved: evaluated and sized below)
+        final, last_tok = _load_saved(last, f"stage {len(rec.stages) - 1} model")
+        round_floats_to_fp16(final)
+        save_model(final, last_tok, tmp)
         shutil.rmtree(out / "model", ignore_errors=True)
         tmp.rename(out / "model")
         _merge_metrics(out, rec)
-        # evaluate the model as saved (reloaded from out/model), and size that same object
-        final, _ = _load_saved(out / "model", "compressed model")
         # A model with activation quantizers is evaluated in FP32: bf16 autocast moves activations
         # across their code boundaries (0.5-0.7 points on SST-2), and the packed runtime computes
         # those models exactly (int8 products), i.e. like the FP32 evaluation.

@@ -53,6 +53,7 @@ Example::
 
 from __future__ import annotations
 
+import abc
 import math
 from contextlib import contextmanager
 from typing import Any, ClassVar, Iterator
@@ -71,6 +72,8 @@ __all__ = [
     "StaticActQuantizer",
     "quantizer_from_spec",
     "calibration",
+    "dynamic_act_codes",
+    "run_compiled",
     "GRANULARITIES",
 ]
 
@@ -208,7 +211,7 @@ def _check_bits(bits: Any, lo: int, hi: int, what: str) -> int:
 
 
 # ----------------------------------------------------------------------------- base
-class Quantizer(nn.Module):
+class Quantizer(nn.Module, metaclass=abc.ABCMeta):
     """Base class: a fake quantizer with a straight-through gradient.
 
     Subclasses set ``kind`` (the ``spec()["kind"]``), ``bits`` and implement ``forward``,
@@ -233,9 +236,9 @@ class Quantizer(nn.Module):
     compiled: bool = False
 
     # -- description -----------------------------------------------------------------------
+    @abc.abstractmethod
     def spec(self) -> dict[str, Any]:
         """A JSON-able description; ``quantizer_from_spec(q.spec())`` builds an equal quantizer."""
-        raise NotImplementedError
 
     @property
     def row_local(self) -> bool:
@@ -245,9 +248,9 @@ class Quantizer(nn.Module):
         """(lowest, highest) integer code returned by :meth:`quantize_ints`."""
         return 0, 2**self.bits - 1
 
+    @abc.abstractmethod
     def num_scales(self, shape: torch.Size | tuple[int, ...]) -> int:
         """How many scales a tensor of ``shape`` needs."""
-        raise NotImplementedError
 
     def scale_bits(self, shape: torch.Size | tuple[int, ...]) -> int:
         """Bits for the fp16 scales (and zero points) of a tensor of ``shape``."""
@@ -268,10 +271,11 @@ class Quantizer(nn.Module):
         """Stop learning/calibrating: the quantizer's parameters stay fixed from now on."""
 
     # -- integers --------------------------------------------------------------------------
+    @abc.abstractmethod
     def quantize_ints(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Integer codes of ``w`` (same shape), float32 scales, float32 zero points or None."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def dequantize(
         self,
         ints: torch.Tensor,
@@ -280,7 +284,6 @@ class Quantizer(nn.Module):
         shape: torch.Size | tuple[int, ...],
     ) -> torch.Tensor:
         """Float32 values of ``shape`` from :meth:`quantize_ints` output; equals ``forward(w)`` bitwise."""
-        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k != "kind")
@@ -305,14 +308,18 @@ class _RowQuantizer(Quantizer):
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind}
 
-    def _levels_scales(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+    @classmethod
+    @abc.abstractmethod
+    def _levels_scales(cls, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(levels (rows, cols) in {-1, (0,) +1}, fp16-valued scales (rows, 1)) of a 2-D weight."""
 
+    @abc.abstractmethod
     def _to_codes(self, levels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Stored codes of levels."""
 
+    @abc.abstractmethod
     def _to_levels(self, codes: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Levels of stored codes."""
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return _StraightThrough.apply(w, self._fake)
@@ -670,8 +677,6 @@ class DynamicActQuantizer(Quantizer):
     def storage_bits(self, shape) -> int:
         return 0
 
-    def _scale(self, xf: torch.Tensor) -> torch.Tensor:
-        return (xf.detach().abs().amax(dim=-1, keepdim=True) / self.qmax).clamp_min(1e-30)  # (..., 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., hidden)
         return _StraightThrough.apply(x, self._fake)
@@ -681,23 +686,29 @@ class DynamicActQuantizer(Quantizer):
 
     def quantize_ints(self, x):
         with torch.no_grad():
-            xf = x.detach().float()
-            scale = self._scale(xf)
-            codes = torch.round(xf / scale).clamp(-self.qmax, self.qmax)
+            codes, scale = dynamic_act_codes(x.detach(), self.qmax)
         return codes.to(torch.int8), scale.squeeze(-1), None
 
     def dequantize(self, ints, scales, zero_points, shape):
         return (ints.float() * scales.float().unsqueeze(-1)).reshape(shape)
 
 
+def dynamic_act_codes(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token symmetric codes of ``x`` (..., hidden) as floats, and the scales (..., 1).
+
+    ``scale = max|x| / qmax`` over the last dimension (a max: the same in any kernel); codes are
+    ``round(x / scale)``, in [-qmax, qmax] without a clamp since ``|x| <= qmax * scale``. The one
+    definition training (:class:`DynamicActQuantizer`) and the runtime's int8 products use.
+    """
+    xf = x.float()
+    scale = (xf.abs().amax(dim=-1, keepdim=True) / qmax).clamp_min(1e-30)
+    return torch.round(xf / scale), scale
+
+
 def _dynamic_act_fake(x: torch.Tensor, qmax: int) -> torch.Tensor:
     """Per-token fake quantization of ``x`` (..., hidden) to codes in [-qmax, qmax]."""
-    xf = x.float()
-    scale = (xf.abs().amax(dim=-1, keepdim=True) / qmax).clamp_min(1e-30)  # (..., 1); max: order-free
-    out = xf / scale  # a new tensor: the in-place ops below never touch x
-    # |x| <= max|x| = qmax * scale, so the rounded codes are already in [-qmax, qmax]: no clamp
-    out.round_().mul_(scale)
-    return out.to(x.dtype)
+    codes, scale = dynamic_act_codes(x, qmax)
+    return codes.mul_(scale).to(x.dtype)
 
 
 class StaticActQuantizer(_IntRange, Quantizer):

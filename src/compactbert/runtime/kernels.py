@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.quantizers import dynamic_act_codes, run_compiled
+
 __all__ = ["cpu_has_native_bf16", "mkldnn_available", "onednn_int8_available", "Linear", "Int8Linear", "ActQuant",
            "activation_fn"]
 
@@ -138,8 +140,8 @@ class ActQuant:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         if self.kind == "dynamic_act":
-            scale = (xf.abs().amax(dim=-1, keepdim=True) / self.qmax).clamp_min(1e-30)  # (..., 1)
-            out = torch.round(xf / scale).clamp(-self.qmax, self.qmax) * scale
+            codes, scale = dynamic_act_codes(xf, self.qmax)
+            out = codes * scale
         else:
             v = xf / self.scale
             if self.zero_point is not None:
@@ -198,9 +200,8 @@ class Linear(nn.Module):
 # ----------------------------------------------------------------------------- exact int8 products
 def _quant_dynamic(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token codes (int8) and scales (tokens, 1), exactly as ``DynamicActQuantizer``."""
-    xf = x.float()
-    scale = (xf.abs().amax(dim=-1, keepdim=True) / qmax).clamp_min(1e-30)
-    return torch.round(xf / scale).to(torch.int8), scale  # |x| <= qmax * scale: no clamp needed
+    codes, scale = dynamic_act_codes(x, qmax)
+    return codes.to(torch.int8), scale
 
 
 def _quant_static(x: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
@@ -253,8 +254,6 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", bias.float().contiguous() if bias is not None else None)
 
     def forward(self, x: torch.Tensor, activation: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
-        from ..nn.quantizers import run_compiled
-
         aq = self.act_quant
         if aq.kind == "dynamic_act":
             codes, scale = run_compiled(_quant_dynamic, True, x, aq.qmax, dynamic=True)

@@ -14,7 +14,7 @@ from compactbert.api import evaluate, finetune
 from compactbert.errors import UserError
 from compactbert.nn.io import load_model
 from compactbert.train.loop import read_metrics
-from compactbert.train.toy import make_tiny_model, write_toy_glue
+from toy import make_tiny_model, write_toy_glue
 
 
 FAST = dict(epochs=2, batch_size=8, lr=3e-3, bf16=False, progress=False)

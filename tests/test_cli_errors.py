@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from compactbert.cli import main
-from compactbert.train.toy import make_tiny_model, write_toy_glue
+from toy import make_tiny_model, write_toy_glue
 
 
 @pytest.fixture(scope="module")

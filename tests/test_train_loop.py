@@ -24,7 +24,7 @@ from compactbert.train.loop import (
     task_loss_sum,
     train,
 )
-from compactbert.train.toy import make_tiny_model, write_toy_glue
+from toy import make_tiny_model, write_toy_glue
 
 SST2 = get_task("sst2")
 

@@ -12,7 +12,7 @@ import torch
 from compactbert.cli import main
 from compactbert.nn.io import load_model
 from compactbert.nn.surgery import compressed_modules
-from compactbert.train.toy import make_tiny_model, write_toy_glue
+from toy import make_tiny_model, write_toy_glue
 
 RECIPE = """# test recipe: layer reduction + KD, then ternary W2A8 + 50% magnitude pruning + KD
 seed: 1

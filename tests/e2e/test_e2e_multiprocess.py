@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from compactbert.train.toy import make_tiny_model, write_toy_glue
+from toy import make_tiny_model, write_toy_glue
 
 pytestmark = pytest.mark.slow
 

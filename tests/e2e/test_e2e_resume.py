@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from compactbert.train.checkpoint import CHECKPOINT_FILES
-from compactbert.train.toy import make_tiny_model, write_toy_glue
+from toy import make_tiny_model, write_toy_glue
 
 pytestmark = pytest.mark.slow
 

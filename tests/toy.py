@@ -1,4 +1,5 @@
-"""Toy data and tiny random models, for tests, smoke runs and examples (no download).
+"""Toy data and tiny random models for the tests (no download); importable as ``toy`` (pytest's
+``pythonpath`` includes ``tests/``).
 
 * :func:`write_toy_glue` writes a small GLUE-format folder (``SST-2/train.tsv`` and ``dev.tsv``,
   or another task's columns) whose labels a tiny model can learn in a few dozen steps.
@@ -41,7 +42,7 @@ def toy_rows(task: str, n: int, seed: int = 0) -> tuple[list[str], list[list[str
     Single-sentence classification tasks get a sentiment sentence and its label; pair tasks get two
     sentences whose label says whether they share their sentiment; STS-B gets a score in [0, 5].
     """
-    from ..data.tasks import get_task
+    from compactbert.data.tasks import get_task
 
     spec = get_task(task)
     rng = random.Random(seed)
@@ -68,7 +69,7 @@ def write_toy_glue(root: str | Path, task: str = "sst2", n_train: int = 64, n_de
 
     MNLI gets ``dev_matched.tsv`` and ``dev_mismatched.tsv`` instead of ``dev.tsv``.
     """
-    from ..data.tasks import get_task
+    from compactbert.data.tasks import get_task
 
     spec = get_task(task)
     folder = Path(root) / (spec.glue_dir or spec.name)

@@ -30,11 +30,11 @@ from compactbert.methods.prune import (
     lowest_k,
     nm_mask,
     pruned_structure,
-    rewound_lr_lambda,
     schedule_progress,
 )
 from compactbert.nn.compressed import CompressedLinear
 from compactbert.registry import method_types
+from compactbert.train.lr import rewound_lr_lambda
 
 ARCHS = ("bert", "distilbert", "roberta")
 

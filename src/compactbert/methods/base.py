@@ -11,10 +11,31 @@ attributes. The training loop calls, in this order::
     finalize(state)          once, after the last step: harden masks, freeze quantizers
 
 Calling a hook out of order raises ``RuntimeError``. Subclasses override the underscore versions.
+
+What a method can ask of the loop (all through :class:`TrainState` or a declaration on the class)
+    * Learning-rate rewinding: in ``attach``, ``state.lr_schedule.rewind_at(step)`` restarts the
+      warm-up + decay schedule at ``step`` (:class:`compactbert.train.lr.LRSchedule`; the first
+      request counts). ``state.lr_schedule`` is None outside the loop (``recipe check``'s dry run).
+    * An evaluation: ``state.request_evaluation()`` (from ``on_step``, ``loss`` or ``after_step``)
+      makes the loop evaluate on the dev set after this step, like a scheduled evaluation (logged
+      in ``metrics.jsonl``, counted for the best model, checkpointed when ``save_every`` is None).
+      ``state.metrics`` holds the latest evaluation's metrics (None before the first, and always
+      when the run has no dev set, in which case requests are ignored).
+    * A held-out split of the training data: a method whose ``heldout_fraction()`` returns a
+      fraction in (0, 1) (None by default; declared on the class or derived from its fields, since
+      the loop asks before ``attach``) gets that share of the stage's training examples set aside:
+      the loop never trains the weights on them. The split is a pure function of the run's seed
+      (sorted indices, at least one example on each side); when several methods ask, the largest
+      fraction is held out once and shared. From the first ``on_step`` on, ``state.heldout_batches``
+      is an endless iterator over batches of the held-out examples, shuffled per pass with the
+      seed, each a dict like ``state.batch`` (``input_ids``, ``attention_mask``, ... and ``labels``,
+      collated and on the device; ``batch_size`` examples, the whole batch on every process). Its
+      position is saved in checkpoints, so a resumed run draws the same batches.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -38,6 +59,14 @@ class TrainState:
     tokenizer: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     extras: dict[str, Any] = field(default_factory=dict)  # per-step logs methods want in metrics.jsonl
+    lr_schedule: Any = None  # compactbert.train.lr.LRSchedule (None outside the loop); see module docstring
+    metrics: dict[str, float] | None = None  # the latest evaluation's metrics
+    heldout_batches: Iterator[dict[str, torch.Tensor]] | None = None  # see heldout_fraction()
+    evaluation_requested: bool = False  # set by request_evaluation(), cleared by the loop
+
+    def request_evaluation(self) -> None:
+        """Ask the loop to evaluate on the dev set after the current step (see module docstring)."""
+        self.evaluation_requested = True
 
 
 _ORDER = {"new": 0, "attached": 1, "finalized": 2}
@@ -51,6 +80,11 @@ class Method(BaseModel):
     # Set by the subclass: does this method need the teacher model in the loop?
     needs_teacher: ClassVar[bool] = False
     _phase: str = PrivateAttr(default="new")
+
+    def heldout_fraction(self) -> float | None:
+        """Share of the stage's training examples this method wants held out from weight training,
+        in (0, 1), or None (the default). Asked before ``attach``; see the module docstring."""
+        return None
 
     # ----- public hooks, with order checks -----
     def attach(self, state: TrainState) -> None:

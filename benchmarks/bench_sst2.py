@@ -56,11 +56,11 @@ def agreement(run_model: Path, packed: Path, examples) -> dict[str, float]:
     """
     import numpy as np
 
-    from compactbert.api import _load_saved, packed_logits
+    from compactbert.api import load_saved, packed_logits
     from compactbert.data.batching import encode
     from compactbert.train.loop import predict
 
-    net, tok = _load_saved(run_model, "model")
+    net, tok = load_saved(run_model, "model")
     feats = encode(examples, tok, 128)
     labels = np.asarray([e.label for e in examples])
     got = packed_logits(packed, examples, 128).numpy().argmax(1)

@@ -71,7 +71,7 @@ def step_cost(teacher: str, data: str, n: int) -> dict[str, float]:
     import torch
     from pydantic import PrivateAttr
 
-    from compactbert.api import _quiet_transformers, load_for_task
+    from compactbert.api import load_for_task, quiet_transformers
     from compactbert.data.batching import encode
     from compactbert.data.sources import load_examples
     from compactbert.methods.base import Method, TrainState
@@ -89,7 +89,7 @@ def step_cost(teacher: str, data: str, n: int) -> dict[str, float]:
     examples = load_examples("sst2", "train", data, 32 * (n + 8), 0)
     out: dict[str, float] = {}
     for label in ("plain", "qat+kd", "plain ", "qat+kd "):  # twice each, interleaved: the machine is shared
-        with _quiet_transformers():
+        with quiet_transformers():
             student, tok = load_for_task(teacher, "sst2")
             feats = encode(examples, tok, 128)
             clock = StepClock()
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
 
     import compactbert
     from compactbert import api
-    from compactbert.pipeline import stage_dir
+    from compactbert.workflows.compress import stage_dir
     from compactbert.recipe import Recipe
 
     teacher = Path(args.teacher)

@@ -66,7 +66,7 @@ def speed_window(model_name: str, features, precision: Literal["fp32", "bf16"], 
     import torch
     from pydantic import PrivateAttr
 
-    from compactbert.api import _quiet_transformers, load_for_task
+    from compactbert.api import load_for_task, quiet_transformers
     from compactbert.methods.base import Method, TrainState
     from compactbert.train.loop import TrainConfig, train
 
@@ -87,7 +87,7 @@ def speed_window(model_name: str, features, precision: Literal["fp32", "bf16"], 
         max_steps=steps, lr=args.lr, batch_size=args.batch_size, bf16=(precision == "bf16"), seed=args.seed,
         max_seq_length=args.max_seq_length, progress=False, save_every=10**9, warmup_ratio=0.0,
     )
-    with tempfile.TemporaryDirectory() as run_dir, _quiet_transformers():
+    with tempfile.TemporaryDirectory() as run_dir, quiet_transformers():
         train(model, tokenizer, "sst2", features, None, cfg, run_dir, methods=[clock])
     t = clock._times
     return args.timing_steps / (t[args.warmup_steps + args.timing_steps] - t[args.warmup_steps])

@@ -22,7 +22,7 @@ from compactbert.errors import UserError
 from compactbert.methods.base import TrainState
 from compactbert.methods.distill import PROJ_NAME, Distillation, uniform_layer_map
 from compactbert.methods.layer_reduction import reduce_layers
-from compactbert.registry import method_types
+from compactbert.methods import method_types
 
 ALL_TERMS = {"logits": 1.0, "hidden": 1.0, "attention": 1.0, "embedding": 1.0}
 

@@ -21,7 +21,7 @@ from transformers import (
 from compactbert.errors import UserError
 from compactbert.methods.base import TrainState
 from compactbert.methods.layer_reduction import KEPT_LAYERS_KEY, LayerReduction, encoder_layers, reduce_layers
-from compactbert.registry import method_types
+from compactbert.methods import method_types
 
 ARCHS = ("bert", "distilbert", "roberta", "electra")
 

@@ -33,7 +33,7 @@ from compactbert.methods.prune import (
     schedule_progress,
 )
 from compactbert.nn.compressed import CompressedLinear
-from compactbert.registry import method_types
+from compactbert.methods import method_types
 from compactbert.train.lr import rewound_lr_lambda
 
 ARCHS = ("bert", "distilbert", "roberta")

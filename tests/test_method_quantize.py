@@ -21,7 +21,7 @@ from compactbert.methods.base import TrainState
 from compactbert.methods.quantize import Quantize
 from compactbert.nn.compressed import CompressedEmbedding, CompressedLinear
 from compactbert.nn.surgery import compress_modules, compressed_modules
-from compactbert.registry import method_types
+from compactbert.methods import method_types
 from compactbert.size import size_report
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from . import defaults as D
 from .errors import UserError
 
 app = typer.Typer(
@@ -50,16 +51,16 @@ def finetune(
     out: _RunOut,
     model: Annotated[
         str, typer.Option("--model", "-m", help="Model folder, hub id, run directory, or the alias minilm-l6 (embedded).")
-    ] = "minilm-l6",
-    task: _Task = "rt",
+    ] = D.MODEL,
+    task: _Task = D.TASK,
     data: _Data = None,
-    epochs: Annotated[float, typer.Option(help="Passes over the training data (fractions allowed).")] = 3.0,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW; linear warm-up, then linear decay).")] = 5e-5,
-    batch_size: Annotated[int, typer.Option(help="Global batch size (all processes together).")] = 32,
-    max_seq_length: Annotated[int, typer.Option(help="Longest tokenized input; longer ones are truncated.")] = 128,
+    epochs: Annotated[float, typer.Option(help="Passes over the training data (fractions allowed).")] = D.EPOCHS,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW; linear warm-up, then linear decay).")] = D.LR,
+    batch_size: Annotated[int, typer.Option(help="Global batch size (all processes together).")] = D.BATCH_SIZE,
+    max_seq_length: Annotated[int, typer.Option(help="Longest tokenized input; longer ones are truncated.")] = D.MAX_SEQ_LENGTH,
     max_train_samples: _MaxTrain = None,
     max_eval_samples: _MaxEval = None,
-    seed: Annotated[int, typer.Option(help="Seed of the new head, the batch order and dropout.")] = 42,
+    seed: Annotated[int, typer.Option(help="Seed of the new head, the batch order and dropout.")] = D.SEED,
     bf16: Annotated[
         Optional[bool],
         typer.Option("--bf16/--no-bf16", help="bf16 autocast. Default: on where the hardware has native bf16 (AMX, recent GPUs).", show_default=False),
@@ -75,8 +76,8 @@ def finetune(
     max_steps: Annotated[
         Optional[int], typer.Option(help="Stop after N optimizer steps (overrides --epochs).", show_default=False)
     ] = None,
-    warmup_ratio: Annotated[float, typer.Option(help="Share of the steps used for LR warm-up.")] = 0.1,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
+    warmup_ratio: Annotated[float, typer.Option(help="Share of the steps used for LR warm-up.")] = D.WARMUP_RATIO,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = D.WEIGHT_DECAY,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also write TensorBoard logs to OUT/tensorboard.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
@@ -151,7 +152,7 @@ def compress(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML file, or the name of a ready recipe (xtc-binary, int8-qat, ...).", show_default=False)],
     teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned teacher: a finetune run directory or a model folder.", show_default=False)],
     out: _RunOut,
-    task: _Task = "rt",
+    task: _Task = D.TASK,
     data: _Data = None,
     set_: Annotated[
         Optional[list[str]],
@@ -251,10 +252,10 @@ def bench(
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="The FP32 teacher (run directory or model folder): measured in PyTorch eager and as ONNX Runtime FP32/int8.", show_default=False)] = None,
     task: Annotated[Optional[str], typer.Option("--task", "-t", help="Also measure accuracy on this task's dev set.", show_default=False)] = None,
     data: _Data = None,
-    threads: Annotated[int, typer.Option("--threads", help="Threads for every runtime.")] = 2,
+    threads: Annotated[int, typer.Option("--threads", help="Threads for every runtime.")] = D.THREADS,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="bench.json path (default: FIRST_PATH/bench.json).", show_default=False)] = None,
-    n_latency: Annotated[int, typer.Option(help="Timed batch-1 runs per model.")] = 50,
-    n_throughput: Annotated[int, typer.Option(help="Timed batch-32 runs per model.")] = 10,
+    n_latency: Annotated[int, typer.Option(help="Timed batch-1 runs per model.")] = D.N_LATENCY,
+    n_throughput: Annotated[int, typer.Option(help="Timed batch-32 runs per model.")] = D.N_THROUGHPUT,
     max_eval_samples: Annotated[Optional[int], typer.Option(help="Accuracy on a fixed subset of this many dev examples.", show_default=False)] = None,
 ) -> None:
     """Latency (batch 1, p50/p90), throughput (batch 32, seq 128), peak memory, bytes on disk and accuracy, side by side.

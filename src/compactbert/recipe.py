@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 
 from .errors import UserError, did_you_mean
 from .methods.base import Method
-from .registry import method_types
+from .methods import method_types
 
 
 class AugmentConfig(BaseModel):

@@ -1,16 +1,15 @@
 """A registry of compression methods: ``@register_method("ternary")`` on a Method subclass.
 
-The recipe schema is built from this registry, so a new method needs no other wiring.
+The recipe schema is built from this registry, so a new method needs no other wiring. The registry
+knows nothing of the methods themselves: :func:`compactbert.methods.method_types` imports the
+built-in ones (which register here) and returns them with any others registered so far.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import Callable, TypeVar
 
-if TYPE_CHECKING:
-    from .methods.base import Method
-
-_METHODS: dict[str, type["Method"]] = {}
+_METHODS: dict[str, type] = {}
 M = TypeVar("M", bound=type)
 
 
@@ -27,8 +26,6 @@ def register_method(name: str) -> Callable[[M], M]:
     return deco
 
 
-def method_types() -> dict[str, type["Method"]]:
-    """All registered methods by name (importing the built-in method modules first)."""
-    from . import methods  # noqa: F401  (registers the built-ins)
-
+def registered_methods() -> dict[str, type]:
+    """The methods registered so far, by name (see :func:`compactbert.methods.method_types`)."""
     return dict(_METHODS)

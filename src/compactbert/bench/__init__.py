@@ -1,11 +1,13 @@
 """Benchmarks: latency, throughput, memory, size and accuracy of a compressed model next to its
-FP32 teacher and the teacher's ONNX Runtime int8 version (see :mod:`compactbert.bench.core`)."""
+FP32 teacher and the teacher's ONNX Runtime int8 version (see :mod:`compactbert.bench.core`).
+
+The verb ``compactbert bench`` (defaults, the table on screen) is :func:`compactbert.workflows.bench.bench`.
+"""
 
 from .core import (
     BASELINE_KINDS,
     BENCH_FILE,
     DEFAULT_BASELINES,
-    bench,
     compute_ratios,
     model_bytes,
     print_bench_table,
@@ -16,7 +18,6 @@ __all__ = [
     "BASELINE_KINDS",
     "BENCH_FILE",
     "DEFAULT_BASELINES",
-    "bench",
     "compute_ratios",
     "model_bytes",
     "print_bench_table",

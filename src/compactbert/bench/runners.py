@@ -21,7 +21,6 @@ Runtime child never imports torch (its memory is ORT's alone).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Runner", "build_runner", "RUNNER_KINDS", "quiet_load", "quiet_transformers"]
+__all__ = ["Runner", "build_runner", "RUNNER_KINDS", "quiet_load"]
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -62,25 +61,10 @@ def _set_torch_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' warnings and progress bars (loading, saving) inside the block."""
-    from transformers.utils import logging as hf_logging
-
-    before, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(before)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def quiet_load(path: str):
     """``(model, tokenizer)`` from a model folder (:func:`compactbert.nn.io.load_model`) without
     transformers' load warnings and progress bars; the model in eval mode."""
+    from ..loading import quiet_transformers
     from ..nn.io import load_model
 
     with quiet_transformers():

@@ -91,7 +91,9 @@ _SPLIT_ALIASES = {
 }
 
 
-def _normalize_split(spec: TaskSpec, split: str) -> str:
+def normalize_split(spec: TaskSpec, split: str) -> str:
+    """The task's name for ``split`` (``validation`` -> ``dev``, MNLI ``dev`` -> ``dev_matched``); a
+    split the task does not have is a UserError listing the valid ones."""
     s = str(split).strip().lower().replace("-", "_")
     s = _SPLIT_ALIASES.get(s, s)
     if spec.name == "mnli" and s in ("dev", "test"):
@@ -636,7 +638,7 @@ def load_examples(
         ex[0]  # Example(text_a="it 's a charming and often affecting journey . ", text_b=None, label=1)
     """
     spec = get_task(task)
-    split = _normalize_split(spec, split)
+    split = normalize_split(spec, split)
     bad_max = isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
     if max_samples is not None and bad_max:
         raise UserError(f"max_samples must be a positive integer or None, got {max_samples!r}")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..runs import MODEL_DIR, ONNX_FILE, RUN, open_path
 
 __all__ = [
     "ONNX_FILE",
@@ -52,7 +53,6 @@ __all__ = [
     "ort_session",
 ]
 
-ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
 EXPORT_INFO_FILE = "onnx_export.json"
 
@@ -320,26 +320,16 @@ def export_onnx_path(
     Raises:
         UserError: ``path`` is not a run or model folder, or the model cannot be loaded.
     """
-    from ..nn.io import load_model
+    from ..loading import load_saved
 
-    p = Path(path).expanduser()
-    if (p / "run.json").is_file():
-        p = p / "model"
+    target = open_path(path)
+    p = target.path / MODEL_DIR if target.kind == RUN else target.path
     if not (p / "config.json").is_file():
         raise UserError(
             f"cannot export {str(path)!r} to ONNX: no config.json there (nor in its model/); expected a run "
             f"directory or a model folder"
         )
-    from transformers.utils import logging as hf_logging
-
-    before = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model, tokenizer = load_model(p)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"cannot load {str(p)!r}: {str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
-    finally:
-        hf_logging.set_verbosity(before)
+    model, tokenizer = load_saved(p, "model")
     out: dict[str, Path] = {"onnx": export_onnx(model.float().eval(), tokenizer, out_dir, opset=opset)}
     if int8:
         out["onnx_int8"] = quantize_onnx_int8(out["onnx"], Path(out_dir) / ONNX_INT8_FILE)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..runs import EVAL_FILE, MODEL, MODEL_DIR, ONNX, PACKED, RUN, RUN_FILE, SIZE_FILE, open_path
 
 __all__ = ["collect", "FIELDS"]
 
@@ -85,12 +86,6 @@ def _size_bytes(sz: Any, where: Path) -> int:
     )
 
 
-def _model_bytes(path: Path) -> tuple[int, int]:
-    from ..bench.core import model_bytes
-
-    return model_bytes(path)
-
-
 def _bench_entries(data: Any, where: Path) -> list[dict[str, Any]]:
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         raise UserError(f"{str(where)!r} is not a bench.json (no 'models' list); expected the file 'compactbert bench' writes")
@@ -112,31 +107,34 @@ def _bench_entries(data: Any, where: Path) -> list[dict[str, Any]]:
 
 
 def _dir_entries(p: Path) -> list[dict[str, Any]]:
+    from ..bench.result import model_bytes
+
     entries: list[dict[str, Any]] = []
     model_entry: dict[str, Any] | None = None
-    if (p / "run.json").is_file():
-        run = _read_json(p / "run.json")
+    kind = open_path(p).kind
+    if kind == RUN:
+        run = _read_json(p / RUN_FILE)
         model_entry = _empty(p.name, p)
         model_entry["kind"] = f"run ({run.get('kind', '?')})" if isinstance(run, dict) else "run"
         model_entry["task"] = run.get("task") if isinstance(run, dict) else None
-        model_entry["_path"] = str(p / "model")
-        if (p / "size.json").is_file():
-            model_entry["file_bytes"] = _size_bytes(_read_json(p / "size.json"), p / "size.json")
+        model_entry["_path"] = str(p / MODEL_DIR)
+        if (p / SIZE_FILE).is_file():
+            model_entry["file_bytes"] = _size_bytes(_read_json(p / SIZE_FILE), p / SIZE_FILE)
             model_entry["bytes_source"] = "size.json (predicted packed size)"
-        elif (p / "model").is_dir():
-            model_entry["file_bytes"], model_entry["weights_bytes"] = _model_bytes(p / "model")
+        elif (p / MODEL_DIR).is_dir():
+            model_entry["file_bytes"], model_entry["weights_bytes"] = model_bytes(p / MODEL_DIR)
             model_entry["bytes_source"] = "model/ files on disk"
-    elif (p / "manifest.json").is_file() or (p / "config.json").is_file() or (p / "model.onnx").is_file():
+    elif kind in (PACKED, ONNX, MODEL):
         model_entry = _empty(p.name, p)
-        model_entry["kind"] = "packed" if (p / "manifest.json").is_file() else ("onnx" if (p / "model.onnx").is_file() else "model")
-        model_entry["file_bytes"], model_entry["weights_bytes"] = _model_bytes(p)
+        model_entry["kind"] = kind
+        model_entry["file_bytes"], model_entry["weights_bytes"] = model_bytes(p)
         model_entry["bytes_source"] = "files on disk"
         model_entry["_path"] = str(p)
-    elif (p / "eval.json").is_file() or (p / "size.json").is_file():
+    elif (p / EVAL_FILE).is_file() or (p / SIZE_FILE).is_file():
         model_entry = _empty(p.name, p)
         model_entry["_path"] = str(p)
-        if (p / "size.json").is_file():
-            model_entry["file_bytes"] = _size_bytes(_read_json(p / "size.json"), p / "size.json")
+        if (p / SIZE_FILE).is_file():
+            model_entry["file_bytes"] = _size_bytes(_read_json(p / SIZE_FILE), p / SIZE_FILE)
             model_entry["bytes_source"] = "size.json"
     if model_entry is not None and (p / "eval.json").is_file():
         _apply_eval(model_entry, _read_json(p / "eval.json"), p / "eval.json")

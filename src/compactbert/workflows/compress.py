@@ -1,10 +1,12 @@
-"""`compress`: run a recipe's stages on a student that starts as a copy of the teacher.
+"""``compress``: run a recipe's stages on a student that starts as a copy of the teacher.
 
 Run directory of ``compress``::
 
     run.json          kind "compress", task, teacher, status, per-stage summary
     recipe.yaml       the resolved recipe (after --set overrides): what --resume must match
-    config.yaml       the other arguments (task, data, sample limits)
+    config.yaml       the other arguments (teacher, task, data, sample limits) and the evaluation
+                      settings the run used (max_seq_length, bf16, eval_batch_size), which
+                      ``compactbert eval RUN`` reuses
     stages/<i>-<name>/ one training run per stage (model/, checkpoint/, metrics.jsonl, done.json)
     model/            the final compressed model (compression.json beside the safetensors)
     metrics.jsonl     every evaluation of every stage, each line tagged with its stage
@@ -18,29 +20,79 @@ stage's ``model/``; the stage that was interrupted continues from its own checkp
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import json
+import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .. import defaults as D
+from ..errors import UserError
+from ..loading import config_json, has_classification_head, load_for_task, load_saved, quiet_transformers
+from ..runs import EVAL_FILE, MODEL_DIR, RECIPE_FILE, SIZE_FILE, model_source, read_run
+from .evaluate import evaluation_bf16
+from .finetune import train_config
+from .rundir import check_output_dir, check_resume_settings, finish_run, now, start_run
+from .size import model_size_report
 
 DONE_FILE = "done.json"
-SIZE_FILE = "size.json"
+# The arguments a resumed run must repeat (the recipe is compared as a whole).
+RESUME_KEYS = ("teacher", "task", "data", "max_train_samples", "max_eval_samples")
+RECIPES_DIR = Path(__file__).resolve().parents[3] / "recipes"  # the ready recipes of a source checkout
 
 
 def stage_dir(out: Path, i: int, name: str) -> Path:
+    """The run directory of stage ``i`` (named ``name``) inside the compress run ``out``."""
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "stage"
     return out / "stages" / f"{i}-{safe}"
 
 
+def find_recipe(recipe: str | os.PathLike) -> Path:
+    """A recipe path; a bare name (``xtc-binary``) is looked up in the ready recipes."""
+    p = Path(recipe).expanduser()
+    if p.is_file():
+        return p
+    for candidate in (RECIPES_DIR / str(recipe), RECIPES_DIR / f"{recipe}.yaml"):
+        if candidate.is_file():
+            return candidate
+    names = sorted(f.stem for f in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
+    raise UserError(
+        f"recipe {str(recipe)!r} does not exist; give a YAML file"
+        + (f" or one of the ready recipes: {', '.join(names)}" if names else "")
+    )
+
+
+def recipe_check(recipe: str | os.PathLike, overrides: list[str] | None = None):
+    """Validate a recipe file (or ready-recipe name) and return the :class:`compactbert.recipe.Recipe`."""
+    from ..recipe import Recipe
+
+    return Recipe.load(find_recipe(recipe), overrides=overrides)
+
+
+@dataclass
+class _Inputs:
+    """Everything ``compress`` checked and loaded before writing anything."""
+
+    spec: Any
+    rec: Any
+    mode: str
+    config: dict[str, Any]
+    train_ex: list
+    eval_split: str
+    eval_features: list
+    teacher_net: Any
+    tokenizer: Any
+    bf16: bool
+    train_features: list | None = None  # the un-augmented training set, tokenized once for all stages
+
+
 def compress(
-    recipe: str | Path,
-    teacher: str | Path,
+    recipe,
+    teacher: str | os.PathLike,
     task: str,
-    out: str | Path,
-    data: str | Path | None = None,
+    out: str | os.PathLike,
+    data: str | os.PathLike | None = None,
     overrides: list[str] | None = None,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
@@ -51,7 +103,8 @@ def compress(
     """Compress ``teacher`` for ``task`` with the stages of ``recipe``; return the run directory.
 
     Args:
-        recipe: a recipe YAML file (see ``recipes/``) or a :class:`compactbert.recipe.Recipe`.
+        recipe: a recipe YAML file (see ``recipes/``), the name of a ready recipe
+            (``xtc-binary``) or a :class:`compactbert.recipe.Recipe`.
         teacher: a fine-tuned run directory or model folder (its head must match the task).
         task: the task name.
         out: the run directory to create (or resume).
@@ -67,130 +120,145 @@ def compress(
         UserError: bad recipe, task, data, teacher or output directory (checked before writing).
     """
     from accelerate import PartialState
-    from accelerate.utils import set_seed
 
-    from . import __version__
-    from .api import (
-        EVAL_FILE, PACKED_FLOAT_BITS, SUBSET_SEED, packed_extras, _load_saved, _quiet_transformers, _train_config,
-        _write_run_files, check_output_dir, load_for_task, start_run,
-    )
-    from .data.batching import encode
-    from .export.pack import round_floats_to_fp16
-    from .nn.io import save_model
-    from .data.sources import load_examples
-    from .data.tasks import get_task
-    from .recipe import Recipe
-    from .size import size_report
-    from .train.checkpoint import atomic_write_json
-    from .train.loop import bf16_supported, cpu_processes, evaluate_model, train
+    from .. import __version__
+    from ..train.loop import cpu_processes
 
-    # ---- check every input before writing anything ----
-    spec = get_task(task)
-    rec = recipe if isinstance(recipe, Recipe) else Recipe.load(recipe, overrides=overrides)
     out = Path(out)
+    inp = _check_inputs(recipe, overrides, teacher, task, out, data, max_train_samples, max_eval_samples, resume, overwrite)
+    state = PartialState(cpu=cpu_processes())
+    info: dict[str, Any] = {
+        "kind": "compress", "task": inp.spec.name, "teacher": str(teacher), "version": __version__,
+        "status": "running", "created": now(), "stages": [st.name for st in inp.rec.stages],
+    }
+    info = start_run(out, inp.mode, info, inp.config, state, extra={RECIPE_FILE: inp.rec.to_yaml()})
+    summaries, student = [], None
+    for i in range(len(inp.rec.stages)):
+        summary, student = _run_stage(inp, out, i, student, state, progress)
+        summaries.append(summary)
+    if state.is_main_process:
+        _finish(inp, out)
+        finish_run(out, info, stage_results=summaries)
+    state.wait_for_everyone()
+    return out
+
+
+def _check_inputs(recipe, overrides, teacher, task, out: Path, data, max_train_samples, max_eval_samples,
+                  resume: bool, overwrite: bool) -> _Inputs:
+    """Check every input (recipe, output directory, data, teacher, the recipe on the teacher) and
+    load what the stages need, before anything is written."""
+    from ..data.batching import encode
+    from ..data.sources import load_examples
+    from ..data.tasks import get_task
+    from ..recipe import Recipe
+    from ..train.loop import bf16_supported
+
+    source = recipe if isinstance(recipe, Recipe) else find_recipe(recipe)
+    spec = get_task(task)
+    if not isinstance(recipe, Recipe):
+        recipe = Recipe.load(source, overrides=overrides)
     mode = check_output_dir(out, resume=resume, overwrite=overwrite)
+    bf16 = recipe.bf16 and bf16_supported()
     config = {
         "teacher": str(teacher), "task": spec.name, "data": None if data is None else str(data),
         "max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples,
+        # how the run evaluates its models: what `compactbert eval RUN` must reuse
+        "max_seq_length": recipe.max_seq_length, "bf16": bf16, "eval_batch_size": D.EVAL_BATCH_SIZE,
     }
     if mode == "resume":
-        _check_same(out, rec, config)
-    train_ex = load_examples(spec, "train", data, max_train_samples, SUBSET_SEED)
+        _check_same(out, recipe, config)
+    train_ex = load_examples(spec, "train", data, max_train_samples, D.SUBSET_SEED)
     eval_split = spec.eval_splits[0]
-    eval_ex = load_examples(spec, eval_split, data, max_eval_samples, SUBSET_SEED)
+    eval_ex = load_examples(spec, eval_split, data, max_eval_samples, D.SUBSET_SEED)
     teacher_net, tokenizer = load_for_task(teacher, spec)
-    _check_teacher_head(teacher, spec)
+    _check_teacher_head(teacher)
     teacher_net.eval().requires_grad_(False)
-    _dry_run(rec, teacher_net, tokenizer, spec, str(recipe))
-    eval_features = encode(eval_ex, tokenizer, rec.max_seq_length)
-    bf16 = rec.bf16 and bf16_supported()
+    _dry_run(recipe, teacher_net, tokenizer, spec, str(source))
+    eval_features = encode(eval_ex, tokenizer, recipe.max_seq_length)
+    return _Inputs(spec, recipe, mode, config, train_ex, eval_split, eval_features, teacher_net, tokenizer, bf16)
 
-    state = PartialState(cpu=cpu_processes())
-    info: dict[str, Any] = {
-        "kind": "compress", "task": spec.name, "teacher": str(teacher), "version": __version__,
-        "status": "running", "created": _dt.datetime.now().isoformat(timespec="seconds"),
-        "stages": [st.name for st in rec.stages],
-    }
-    info = start_run(out, mode, info, config, state, extra={"recipe.yaml": rec.to_yaml()})
 
-    # ---- the stages ----
-    student = None
-    summaries = []
-    train_features = None  # the un-augmented training set, tokenized once for every stage that uses it
-    for i, st in enumerate(rec.stages):
-        sdir = stage_dir(out, i, st.name)
-        if (sdir / DONE_FILE).is_file():
-            summaries.append(json.loads((sdir / DONE_FILE).read_text()))
-            student = None  # load lazily from this stage's model/ if a later stage runs
-            continue
-        if student is None:
-            if i == 0:
-                student = copy.deepcopy(teacher_net).requires_grad_(True).train()
-            else:
-                prev = stage_dir(out, i - 1, rec.stages[i - 1].name) / "model"
-                student, _ = _load_saved(prev, f"stage {i - 1} model")
-        if st.augment is not None:
-            from .data.augment import augment_examples
+def _run_stage(inp: _Inputs, out: Path, i: int, student, state, progress: bool) -> tuple[dict[str, Any], Any]:
+    """Train stage ``i`` from ``student`` (the previous stage's model in memory; None: the teacher
+    for stage 0, else the previous stage's ``model/``). A stage that finished before is not run
+    again. Returns its summary and its model (None when it was not run)."""
+    from accelerate.utils import set_seed
 
-            train_examples = augment_examples(train_ex, st.augment.n_aug, st.augment.p, seed=st.augment.seed)
-            features = encode(train_examples, tokenizer, rec.max_seq_length)
-        else:
-            train_examples = train_ex
-            if train_features is None:
-                train_features = encode(train_ex, tokenizer, rec.max_seq_length)
-            features = train_features
-        cfg = _train_config(
-            epochs=st.epochs or 1.0, max_steps=st.steps, lr=st.lr, batch_size=st.batch_size,
-            weight_decay=st.weight_decay, warmup_ratio=st.warmup_ratio, max_grad_norm=st.max_grad_norm,
-            bf16=bf16, eval_every=st.eval_every, seed=rec.seed, max_seq_length=rec.max_seq_length,
-            keep=st.keep, progress=progress,
+    from ..train.checkpoint import atomic_write_json
+    from ..train.loop import train
+
+    rec, st = inp.rec, inp.rec.stages[i]
+    sdir = stage_dir(out, i, st.name)
+    if (sdir / DONE_FILE).is_file():
+        return json.loads((sdir / DONE_FILE).read_text()), None
+    if student is None and i == 0:
+        student = copy.deepcopy(inp.teacher_net).requires_grad_(True).train()
+    elif student is None:
+        student, _ = load_saved(stage_dir(out, i - 1, rec.stages[i - 1].name) / MODEL_DIR, f"stage {i - 1} model")
+    features, n_examples = _stage_features(inp, st)
+    cfg = train_config(
+        epochs=st.epochs or 1.0, max_steps=st.steps, lr=st.lr, batch_size=st.batch_size,
+        weight_decay=st.weight_decay, warmup_ratio=st.warmup_ratio, max_grad_norm=st.max_grad_norm,
+        bf16=inp.bf16, eval_every=st.eval_every, seed=rec.seed, max_seq_length=rec.max_seq_length,
+        keep=st.keep, progress=progress,
+    )
+    methods = [m.model_copy(deep=True) for m in st.methods]  # fresh lifecycle per run
+    needs_teacher = any(m.needs_teacher for m in methods)
+    set_seed(rec.seed)
+    if state.is_main_process and progress:
+        print(f"stage {i} '{st.name}': {n_examples} training examples, "
+              f"{', '.join(m.type for m in methods) or 'no methods'}")  # type: ignore[attr-defined]
+    with quiet_transformers():
+        result = train(
+            student, inp.tokenizer, inp.spec, features, inp.eval_features, cfg, sdir, methods=methods,
+            teacher=inp.teacher_net if needs_teacher else None, resume=(inp.mode == "resume"),
         )
-        methods = [m.model_copy(deep=True) for m in st.methods]  # fresh lifecycle per run
-        needs_teacher = any(m.needs_teacher for m in methods)
-        set_seed(rec.seed)
-        if state.is_main_process and progress:
-            print(f"stage {i} '{st.name}': {len(train_examples)} training examples, "
-                  f"{', '.join(m.type for m in methods) or 'no methods'}")  # type: ignore[attr-defined]
-        with _quiet_transformers():
-            result = train(
-                student, tokenizer, spec, features, eval_features,
-                cfg, sdir, methods=methods, teacher=teacher_net if needs_teacher else None,
-                resume=(mode == "resume"),
-            )
-        student = result.model
-        summary = {"stage": i, "name": st.name, "steps": result.steps, "metrics": result.metrics}
-        summaries.append(summary)
-        if state.is_main_process:
-            atomic_write_json(sdir / DONE_FILE, summary)
-        state.wait_for_everyone()
-
-    # ---- the final model, its metrics and its size ----
+    summary = {"stage": i, "name": st.name, "steps": result.steps, "metrics": result.metrics}
     if state.is_main_process:
-        last = stage_dir(out, len(rec.stages) - 1, rec.stages[-1].name) / "model"
-        tmp = out / "model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        # the final model holds exactly what `export` stores (floats as fp16 values), so the packed
-        # model predicts what eval.json measured (see round_floats_to_fp16)
-        # (saving is exact, so the object in hand is the model as saved: evaluated and sized below)
-        final, last_tok = _load_saved(last, f"stage {len(rec.stages) - 1} model")
-        round_floats_to_fp16(final)
-        save_model(final, last_tok, tmp)
-        shutil.rmtree(out / "model", ignore_errors=True)
-        tmp.rename(out / "model")
-        _merge_metrics(out, rec)
-        # A model with activation quantizers is evaluated in FP32: bf16 autocast moves activations
-        # across their code boundaries (0.5-0.7 points on SST-2), and the packed runtime computes
-        # those models exactly (int8 products), i.e. like the FP32 evaluation.
-        act_quant = any(getattr(m, "input_quantizer", None) is not None for m in final.modules())
-        metrics = evaluate_model(final, spec, eval_features, 64, bf16 and not act_quant, tokenizer.pad_token_id)
-        atomic_write_json(out / EVAL_FILE, {"task": spec.name, "split": eval_split, "n": len(eval_features), "metrics": metrics})
-        report = size_report(final, uncompressed_bits=PACKED_FLOAT_BITS)
-        report.update(packed_extras(tokenizer, report["compressed_bytes"]))
-        atomic_write_json(out / SIZE_FILE, report)
-        info.update(status="done", stage_results=summaries, finished=_dt.datetime.now().isoformat(timespec="seconds"))
-        _write_run_files(out, info, None)
+        atomic_write_json(sdir / DONE_FILE, summary)
     state.wait_for_everyone()
-    return out
+    return summary, result.model
+
+
+def _stage_features(inp: _Inputs, st) -> tuple[list, int]:
+    """A stage's encoded training set and its size: augmented for the stage, or the plain set
+    (tokenized once for every stage that uses it)."""
+    from ..data.batching import encode
+
+    if st.augment is not None:
+        from ..data.augment import augment_examples
+
+        examples = augment_examples(inp.train_ex, st.augment.n_aug, st.augment.p, seed=st.augment.seed)
+        return encode(examples, inp.tokenizer, inp.rec.max_seq_length), len(examples)
+    if inp.train_features is None:
+        inp.train_features = encode(inp.train_ex, inp.tokenizer, inp.rec.max_seq_length)
+    return inp.train_features, len(inp.train_ex)
+
+
+def _finish(inp: _Inputs, out: Path) -> None:
+    """The final model in ``model/``, its metrics in ``eval.json`` and its size in ``size.json``."""
+    from ..export.pack import round_floats_to_fp16
+    from ..nn.io import save_model
+    from ..train.checkpoint import atomic_write_json
+    from ..train.loop import evaluate_model
+
+    rec, spec = inp.rec, inp.spec
+    last = stage_dir(out, len(rec.stages) - 1, rec.stages[-1].name) / MODEL_DIR
+    tmp = out / "model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    # the final model holds exactly what `export` stores (floats as fp16 values), so the packed
+    # model predicts what eval.json measured (see round_floats_to_fp16)
+    # (saving is exact, so the object in hand is the model as saved: evaluated and sized below)
+    final, last_tok = load_saved(last, f"stage {len(rec.stages) - 1} model")
+    round_floats_to_fp16(final)
+    save_model(final, last_tok, tmp)
+    shutil.rmtree(out / MODEL_DIR, ignore_errors=True)
+    tmp.rename(out / MODEL_DIR)
+    _merge_metrics(out, rec)
+    bf16 = evaluation_bf16(final, inp.bf16)
+    metrics = evaluate_model(final, spec, inp.eval_features, D.EVAL_BATCH_SIZE, bf16, inp.tokenizer.pad_token_id)
+    atomic_write_json(out / EVAL_FILE, {"task": spec.name, "split": inp.eval_split, "n": len(inp.eval_features), "metrics": metrics})
+    atomic_write_json(out / SIZE_FILE, model_size_report(final, inp.tokenizer))
 
 
 def _dry_run(rec, teacher_net, tokenizer, spec, source: str) -> None:
@@ -200,7 +268,7 @@ def _dry_run(rec, teacher_net, tokenizer, spec, source: str) -> None:
     the teacher's depth, a group size that does not divide a row) surface here, naming the recipe
     key, instead of after the run directory has been created.
     """
-    from .methods.base import TrainState
+    from ..methods.base import TrainState
 
     probe = copy.deepcopy(teacher_net).requires_grad_(True)  # like the student: trainable
     for i, st in enumerate(rec.stages):
@@ -219,53 +287,38 @@ def _dry_run(rec, teacher_net, tokenizer, spec, source: str) -> None:
 
 def _check_same(out: Path, rec, config: dict[str, Any]) -> None:
     """A resumed run must use the recipe and data it started with."""
-    from .api import read_run
-    from .recipe import Recipe
+    from ..recipe import Recipe
 
     old = read_run(out)
     if old.get("kind") != "compress":
         raise UserError(f"{str(out)!r} is a {old.get('kind')!r} run, not a compress run; use another --out")
-    saved = out / "recipe.yaml"
+    saved = out / RECIPE_FILE
     if saved.is_file() and Recipe.from_yaml(saved.read_text(), str(saved)) != rec:
         raise UserError(
             f"--resume: the recipe differs from the one {str(out)!r} started with ({saved}); "
             "resume with the same recipe and --set values, or use --overwrite"
         )
-    for k, v in config.items():
-        was = old.get("config", {}).get(k, v)
-        if was != v and not _same_path(was, v):
-            raise UserError(f"--resume: {k} was {was!r} in {str(out)!r}, now {v!r}; use the same value")
+    check_resume_settings(out, config, RESUME_KEYS)
 
 
-def _same_path(a: Any, b: Any) -> bool:
-    """Two spellings of one existing file or folder (``../data`` and ``/work/data``)."""
-    if not (isinstance(a, str) and isinstance(b, str)):
-        return False
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
-
-
-def _check_teacher_head(teacher, spec) -> None:
+def _check_teacher_head(teacher) -> None:
     """Warn when the teacher's head was not trained for the task (distilling from it is pointless)."""
     import warnings
 
-    from .api import model_source
-    from .models import resolve_model
+    from ..models import resolve_model
 
-    path = Path(resolve_model(model_source(teacher)))
-    cfg_file = path / "config.json"
-    if cfg_file.is_file():
-        cfg = json.loads(cfg_file.read_text())
-        archs = cfg.get("architectures") or []
-        if not any("SequenceClassification" in a for a in archs):
-            warnings.warn(
-                f"teacher {str(teacher)!r} has no fine-tuned classification head; run `compactbert finetune` "
-                "first and pass its run directory as --teacher",
-                stacklevel=3,
-            )
+    cfg = config_json(resolve_model(model_source(teacher)))
+    if cfg is not None and not has_classification_head(cfg):
+        warnings.warn(
+            f"teacher {str(teacher)!r} has no fine-tuned classification head; run `compactbert finetune` "
+            "first and pass its run directory as --teacher",
+            stacklevel=3,
+        )
 
 
 def _merge_metrics(out: Path, rec) -> None:
+    from ..train.checkpoint import atomic_write_text
+
     lines = []
     for i, st in enumerate(rec.stages):
         f = stage_dir(out, i, st.name) / "metrics.jsonl"
@@ -273,6 +326,4 @@ def _merge_metrics(out: Path, rec) -> None:
             for line in f.read_text().splitlines():
                 if line.strip():
                     lines.append(json.dumps({"stage": i, "stage_name": st.name, **json.loads(line)}))
-    from .train.checkpoint import atomic_write_text
-
     atomic_write_text(out / "metrics.jsonl", "\n".join(lines) + ("\n" if lines else ""))

@@ -1,0 +1,84 @@
+"""``export``: a run's model (or a model folder) as a packed directory or ONNX; ``load``: a packed
+directory into the fast CPU runtime."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import UserError
+from ..loading import load_saved
+from ..runs import NAME, Target, open_path
+
+FORMATS = ("packed", "onnx")
+
+
+def export(
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    format: str = "packed",
+    prune_vocab: bool = False,
+    task: str | None = None,
+    data: str | os.PathLike | None = None,
+    max_positions: int | None = None,
+) -> Path:
+    """Export a run directory (its ``model/``) or a model folder.
+
+    Args:
+        path: a finetune/compress run directory or a model folder.
+        out: the folder to write.
+        format: ``packed`` (bit-packed weights, pruned structure removed; load with
+            :func:`compactbert.load`) or ``onnx`` (FP32 ONNX for ONNX Runtime).
+        prune_vocab: keep only the embedding rows of tokens that occur in the task's training and
+            dev data (plus special tokens); the tokenizer is remapped.
+        task, data: the task data for ``prune_vocab`` (default: the run's own).
+        max_positions: keep only the first N position embeddings (inputs longer than N are refused).
+
+    Returns:
+        The output folder.
+    """
+    out = Path(out)
+    if format not in FORMATS:
+        raise UserError(f"--format {format!r} is not valid; valid: {', '.join(FORMATS)}")
+    target = open_path(path)
+    if target.kind == NAME:
+        raise UserError(f"{str(path)!r} does not exist; expected a run directory or a model folder")
+    if format == "onnx":
+        if prune_vocab:
+            raise UserError("--prune-vocab applies to --format packed only")
+        from ..export.onnx import export_onnx_path
+
+        export_onnx_path(target.path, out)
+        return out
+    from ..export.pack import export_packed
+
+    net, tokenizer = load_saved(target.model_dir(), "model")
+    texts = vocab_texts(target, task, data) if prune_vocab else None
+    export_packed(net, tokenizer, out, prune_vocab_texts=texts, max_positions=max_positions)
+    return out
+
+
+def vocab_texts(target: Target, task: str | None, data) -> list:
+    """Every text of the task's training and evaluation splits (the run's task and data by default):
+    the tokens ``--prune-vocab`` keeps."""
+    from ..data.sources import load_examples
+    from ..data.tasks import get_task
+
+    run = target.run_info()
+    task = task or run.get("task")
+    if task is None:
+        raise UserError("--prune-vocab needs the task data: give --task (and --data) for a model folder")
+    spec = get_task(task)
+    data = data if data is not None else run["config"].get("data")
+    texts: list = []
+    for split in ("train", *spec.eval_splits):
+        for ex in load_examples(spec, split, data):
+            texts.append(ex.text_a if ex.text_b is None else (ex.text_a, ex.text_b))
+    return texts
+
+
+def load(path: str | os.PathLike, **kwargs):
+    """Load a packed directory into the fast CPU runtime (see :func:`compactbert.runtime.load`)."""
+    from ..runtime import load as load_runtime
+
+    return load_runtime(path, **kwargs)

@@ -16,8 +16,8 @@ def test_asym_fake_quant_hand_computed():
     # row 0: min 0, scale 3/3 = 1: exact; row 1: min -1, scale 3/3 = 1; 0.5 is code 1.5 -> 2 (to even) -> 1.0
     got = asym_fake_quant(w, 2)
     assert torch.equal(got, torch.tensor([[0.0, 1.0, 2.0, 3.0], [-1.0, -1.0, 1.0, 2.0]]))
-    one = asym_fake_quant(w, 1)  # two levels per row: min and max
-    assert torch.equal(one, torch.tensor([[0.0, 0.0, 3.0, 3.0], [-1.0, -1.0, 2.0, 2.0]]))
+    one = asym_fake_quant(w, 1)  # two levels per row: min and max (0.5 is code 0.5 -> 0, to even)
+    assert torch.equal(one, torch.tensor([[0.0, 0.0, 3.0, 3.0], [-1.0, -1.0, -1.0, 2.0]]))
     assert torch.equal(asym_fake_quant(w, 0), torch.zeros_like(w))
 
 

@@ -4,6 +4,8 @@
   :func:`compute_metrics` (GLUE's official metrics).
 * :mod:`.sources`: :func:`load_examples` from a GLUE folder, a CSV/TSV/JSONL file, the hub, or the
   embedded Rotten Tomatoes corpus.
+* :mod:`.corpus`: :func:`load_corpus`, the task-agnostic sentences for upstream compression (the
+  embedded ``general-en`` corpus, or a user's text / JSONL file).
 * :mod:`.batching`: :func:`encode`, :class:`Collator` (dynamic padding), :func:`batch_order`
   (length-grouped, deterministic batches).
 
@@ -22,6 +24,8 @@ _EXPORTS = {
     "load_examples": "sources",
     "ensure_rt_corpus": "sources",
     "cache_dir": "sources",
+    "load_corpus": "corpus",
+    "ensure_corpus": "corpus",
     "encode": "batching",
     "Collator": "batching",
     "batch_order": "batching",

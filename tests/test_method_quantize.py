@@ -221,7 +221,7 @@ def test_group_size_not_dividing_leaves_model_untouched():
         ({"group_size": 32}, "group_size is only used with granularity 'group'"),
         ({"weight": None}, "would do nothing"),
         ({"observer": "percentile"}, "only for activations 'static8'"),
-        ({"weight": "quaternary"}, "Input should be 'binary', 'ternary' or 'int'"),
+        ({"weight": "quaternary"}, "weight 'quaternary' is not a weight quantizer kind; valid: binary, ternary, int, groupbits"),
         ({"activations": "dynamic4"}, "Input should be 'dynamic8' or 'static8'"),
         ({"targets": []}, "targets is empty"),
         ({"bitz": 4}, "Extra inputs are not permitted"),

@@ -107,3 +107,53 @@ def test_bad_settings_are_user_errors():
         q.set_group_bits([1, 2, 3])
     with pytest.raises(UserError, match="bits=9"):
         asym_fake_quant(torch.randn(2, 2), 9)
+
+
+# ----------------------------------------------------------------------------- the quantize method
+def quantize_method(**kw):
+    from compactbert.methods import method_types
+
+    return method_types()["quantize"].model_validate({"type": "quantize", **kw})
+
+
+def tiny_bert():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    return BertForSequenceClassification(cfg)
+
+
+def test_quantize_method_installs_uniform_groupbits():
+    from compactbert.methods.base import TrainState
+
+    m = quantize_method(weight="groupbits", bits=2, row_group_size=8)
+    assert m.weight_bits() == 2 and "groupbits weights (2 bit per row group of 8 rows" in m.describe()
+    model = tiny_bert()
+    m.attach(TrainState(model=model))
+    up = model.bert.encoder.layer[0].intermediate.dense
+    q = up.weight_quantizer
+    assert isinstance(q, GroupBitsQuantizer) and q.group_bits.tolist() == [2] * 8  # 64 rows
+    assert torch.equal(up.effective_weight(), asym_fake_quant(up.weight.detach(), 2))
+    assert model.bert.encoder.layer[0].attention.self.query.weight_quantizer.group_bits.tolist() == [2] * 4
+
+
+def test_quantize_method_groupbits_keys_are_checked():
+    import pydantic
+
+    from compactbert.methods.base import TrainState
+    from compactbert.nn.surgery import compressed_modules
+
+    with pytest.raises(pydantic.ValidationError, match="needs row_group_size"):
+        quantize_method(weight="groupbits", bits=2)
+    with pytest.raises(pydantic.ValidationError, match="row_group_size: only for weight 'groupbits', not 'int'"):
+        quantize_method(weight="int", row_group_size=8)
+    with pytest.raises(pydantic.ValidationError, match="granularity: only for weight 'int', not 'groupbits'"):
+        quantize_method(weight="groupbits", row_group_size=8, granularity="tensor")
+    with pytest.raises(pydantic.ValidationError, match="bits=9 is out of range for weight 'groupbits'; valid: 1..8"):
+        quantize_method(weight="groupbits", bits=9, row_group_size=8)
+    model = tiny_bert()
+    with pytest.raises(UserError, match="row_group_size=12 does not divide the 32 rows"):
+        quantize_method(weight="groupbits", row_group_size=12).attach(TrainState(model=model))
+    assert not compressed_modules(model)

@@ -163,22 +163,22 @@ class Recipe(BaseModel):
     # ------------------------------------------------------------------ checks
     def _check_order(self, source: str, lines: "_LineIndex") -> None:
         seen_quant: tuple[int, int] | None = None
-        has_distill = any(m.type == "distillation" for s in self.stages for m in s.methods)  # type: ignore[attr-defined]
+        has_distill = any("distills" in m.effects for s in self.stages for m in s.methods)
         for i, st in enumerate(self.stages):
             for j, m in enumerate(st.methods):
-                mtype = m.type  # type: ignore[attr-defined]
-                if mtype == "layer_reduction" and seen_quant is not None:
+                if "removes_layers" in m.effects and seen_quant is not None:
                     qi, qj = seen_quant
                     raise UserError(
                         f"{lines.where(('stages', i, 'methods', j), source)}: stages.{i}.methods.{j}: layer "
                         f"reduction after quantization (stages.{qi}.methods.{qj}) is not possible; reduce "
                         f"layers in an earlier stage than the one that quantizes"
                     )
-                if _is_quant(m):
+                if m.effects & {"quantizes_weights", "quantizes_activations"}:
                     seen_quant = seen_quant or (i, j)
-                    if _weight_bits(m) is not None and _weight_bits(m) <= 2 and not has_distill:
+                    bits = m.weight_bits() if "quantizes_weights" in m.effects else None
+                    if bits is not None and bits <= 2 and not has_distill:
                         warnings.warn(
-                            f"{source}: stages.{i}.methods.{j} quantizes weights to {_weight_bits(m)} bit(s) "
+                            f"{source}: stages.{i}.methods.{j} quantizes weights to {bits} bit(s) "
                             "without distillation in any stage; XTC found distillation essential at 1-2 bits",
                             stacklevel=2,
                         )
@@ -202,16 +202,6 @@ class Recipe(BaseModel):
             if not st.methods:
                 out.append("  - (no compression method: plain fine-tuning)")
         return "\n".join(out)
-
-
-def _is_quant(m: Method) -> bool:
-    return m.type in {"quantize", "binary", "ternary", "int8"}  # type: ignore[attr-defined]
-
-
-def _weight_bits(m: Method) -> int | None:
-    """Weight bit-width of a quantization method (None when it leaves weights float)."""
-    weight = getattr(m, "weight", None)
-    return {"binary": 1, "ternary": 2}.get(weight) or (getattr(m, "bits", None) or 8 if weight == "int" else None)
 
 
 def _dotted(path: tuple) -> str:

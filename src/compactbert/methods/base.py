@@ -71,6 +71,12 @@ class TrainState:
 
 _ORDER = {"new": 0, "attached": 1, "finalized": 2}
 
+#: The effects a method may declare (``Method.effects``): the recipe validator reads these instead
+#: of method names. ``removes_layers``: must come before quantization (stage order);
+#: ``quantizes_weights`` with ``weight_bits() <= 2``: advice to distill; ``distills``: that advice is
+#: followed.
+EFFECTS = frozenset({"quantizes_weights", "quantizes_activations", "prunes", "removes_layers", "distills"})
+
 
 class Method(BaseModel):
     """Base class of all compression methods (see module docstring for the lifecycle)."""
@@ -79,12 +85,24 @@ class Method(BaseModel):
 
     # Set by the subclass: does this method need the teacher model in the loop?
     needs_teacher: ClassVar[bool] = False
+    #: What the method does, for the recipe validator (a subset of :data:`EFFECTS`).
+    effects: ClassVar[frozenset[str]] = frozenset()
     _phase: str = PrivateAttr(default="new")
+
+    def weight_bits(self) -> int | None:
+        """Bits per weight after this method (None: it leaves weights as they are). With several
+        widths in one model, the narrowest (what the distillation advice is about)."""
+        return None
 
     def heldout_fraction(self) -> float | None:
         """Share of the stage's training examples this method wants held out from weight training,
         in (0, 1), or None (the default). Asked before ``attach``; see the module docstring."""
         return None
+
+    def check_in_recipe(self, stages: list[Any], index: int) -> list[str]:
+        """Checks that need the whole recipe (``stages``; this method is in ``stages[index]``), run by
+        the recipe validator: return warnings, raise ``ValueError`` for an error. None by default."""
+        return []
 
     # ----- public hooks, with order checks -----
     def attach(self, state: TrainState) -> None:

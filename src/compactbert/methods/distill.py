@@ -131,6 +131,7 @@ class Distillation(Method):
 
     type: Literal["distillation"] = "distillation"
     needs_teacher = True
+    effects = frozenset({"distills"})
 
     temperature: float = Field(1.0, gt=0)
     logit_loss: Literal["kl", "mse"] = "kl"

@@ -130,6 +130,7 @@ class LayerReduction(Method):
     """
 
     type: Literal["layer_reduction"] = "layer_reduction"
+    effects = frozenset({"removes_layers"})
     keep: list[int]
 
     @field_validator("keep")

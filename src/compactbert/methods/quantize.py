@@ -5,6 +5,7 @@ Recipe forms::
 
     # the general method
     - {type: quantize, weight: int, bits: 4, granularity: group, group_size: 32, activations: dynamic8}
+    - {type: quantize, weight: groupbits, bits: 2, row_group_size: 64}             # asymmetric per row
     - {type: quantize, weight: ternary, activations: dynamic8, embeddings: true}     # XTC W2A8
     - {type: quantize, weight: int, bits: 8, learned_step: true}                   # LSQ int8
     - {type: quantize, weight: int, bits: 8, activations: static8, calibration_steps: 32}
@@ -33,13 +34,13 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from torch import nn
 
-from ..nn.quantizers import (
-    BinaryQuantizer,
+from ..nn.quant import (
     DynamicActQuantizer,
-    IntQuantizer,
     Quantizer,
     StaticActQuantizer,
-    TernaryQuantizer,
+    WeightQuantizer,
+    quantizer_class,
+    quantizer_kinds,
 )
 from ..nn.surgery import compress_embeddings, compress_modules, encoder_linear_patterns, match_modules
 from ..registry import register_method
@@ -47,25 +48,42 @@ from .base import Method, TrainState
 
 __all__ = ["Quantize", "BinaryQAT", "TernaryQAT", "Int8QAT"]
 
-_INT_ONLY = ("symmetric", "granularity", "group_size", "learned_step")
 _STATIC_ONLY = ("calibration_steps", "observer", "activation_symmetric")
 
 
 COMPILE_MIN_STEPS = 500  # compiling (~10 s for MiniLM's 3 shapes) pays back after ~400 steps
 
 
+def weight_kinds() -> list[str]:
+    """Registered weight quantizer kinds (the values of ``weight:``)."""
+    return [k for k in quantizer_kinds() if issubclass(quantizer_class(k), WeightQuantizer)]
+
+
+def _key_owners() -> dict[str, list[str]]:
+    """Recipe key -> the weight kinds that take it (keys some kinds take and others refuse)."""
+    owners: dict[str, list[str]] = {}
+    for k in weight_kinds():
+        for key in quantizer_class(k).recipe_keys:
+            owners.setdefault(key, []).append(k)
+    return owners
+
+
 @register_method("quantize")
 class Quantize(Method):
-    """Quantization-aware training of weights (binary | ternary | int-k) and activations.
+    """Quantization-aware training of weights (any registered weight kind) and activations.
 
     Attributes:
-        weight: ``binary`` (1 bit, sign x mean|w| per row), ``ternary`` (2 bits, TWN threshold
-            0.7 mean|w|, per-row scale), ``int`` (``bits`` 2..8), or null to leave weights float.
-        bits: For ``int``: 2..8 (default 8). Binary is 1 and ternary 2 (may be given, must agree).
+        weight: A weight quantizer kind (:mod:`compactbert.nn.quant`): ``binary`` (1 bit, sign x
+            mean|w| per row), ``ternary`` (2 bits, TWN threshold 0.7 mean|w|, per-row scale),
+            ``int`` (``bits`` 2..8), ``groupbits`` (``bits`` 1..8 per group of ``row_group_size``
+            output rows, asymmetric per row), or null to leave weights float.
+        bits: The width for kinds that take one (int: 2..8, default 8; groupbits: 1..8). Binary is
+            1 and ternary 2 (may be given, must agree).
         symmetric: ``int`` only: symmetric (restricted range) or asymmetric with a zero point.
         granularity: ``int`` only: one scale per ``tensor``, ``row`` or ``group``.
         group_size: ``int`` with ``granularity: group``: elements per group (divides the rows).
         learned_step: ``int`` only: LSQ learnable step size.
+        row_group_size: ``groupbits`` only: output rows per group (divides every target's rows).
         activations: null, ``dynamic8`` (per-token 8-bit, XTC) or ``static8`` (calibrated range).
         activation_symmetric, observer, calibration_steps: ``static8`` only (see StaticActQuantizer).
         targets: Module-name patterns (glob, or ``re:`` regex); default: all Linear layers of the
@@ -75,15 +93,21 @@ class Quantize(Method):
             ``torch.compile`` (bitwise the same values; 2-3x faster on CPU, but compiling takes a
             few seconds per weight shape).
             ``auto`` (default): on for runs of at least ``COMPILE_MIN_STEPS`` steps.
+
+    Which keys a weight kind takes, its bit range and how it is built are the kind's own
+    (``recipe_keys``, ``recipe_bits``, ``check_recipe``, ``from_recipe``): a kind registered with
+    :func:`~compactbert.nn.quant.register_quantizer` is usable here by its name.
     """
 
+    effects = frozenset({"quantizes_weights", "quantizes_activations"})
     type: Literal["quantize"] = "quantize"
-    weight: Literal["binary", "ternary", "int"] | None = "int"
+    weight: str | None = "int"
     bits: int | None = None
     symmetric: bool = True
     granularity: Literal["tensor", "row", "group"] = "row"
     group_size: int | None = Field(None, ge=1)
     learned_step: bool = False
+    row_group_size: int | None = Field(None, ge=1)
     activations: Literal["dynamic8", "static8"] | None = None
     activation_symmetric: bool = True
     observer: Literal["minmax", "percentile"] = "minmax"
@@ -106,34 +130,41 @@ class Quantize(Method):
                 raise ValueError("targets contains an empty pattern")
         return v
 
+    @field_validator("weight")
+    @classmethod
+    def _weight_ok(cls, v: str | None) -> str | None:
+        if v is not None and v not in weight_kinds():
+            kinds = ", ".join(weight_kinds())
+            raise ValueError(f"weight {v!r} is not a weight quantizer kind; valid: {kinds}, or null")
+        return v
+
     @field_validator("bits")
     @classmethod
     def _bits_ok(cls, v: int | None, info: ValidationInfo) -> int | None:
         w = info.data.get("weight")
-        fixed = {"binary": 1, "ternary": 2}
         if v is None:
             return v
-        if w in fixed and v != fixed[w]:
-            raise ValueError(f"bits={v} does not fit weight {w!r} ({fixed[w]} bit(s)); leave bits out")
-        if w == "int" and not 2 <= v <= 8:
-            raise ValueError(f"bits={v} is out of range for weight 'int'; valid: 2..8")
         if w is None:
             raise ValueError("bits needs a weight quantizer; set weight: binary, ternary or int")
+        lo, hi, _ = quantizer_class(w).recipe_bits
+        if lo == hi and v != lo:
+            raise ValueError(f"bits={v} does not fit weight {w!r} ({lo} bit(s)); leave bits out")
+        if not lo <= v <= hi:
+            raise ValueError(f"bits={v} is out of range for weight {w!r}; valid: {lo}..{hi}")
         return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "Quantize":
         w, given = self.weight, self.model_fields_set
-        fixed = {"binary": 1, "ternary": 2}
-        if w in fixed:
-            wrong = [k for k in _INT_ONLY if k in given and getattr(self, k) != type(self).model_fields[k].default]
+        if w is not None:
+            kind = quantizer_class(w)
+            owners = _key_owners()
+            wrong = [k for k in owners if k not in kind.recipe_keys and k in given
+                     and getattr(self, k) != type(self).model_fields[k].default]
             if wrong:
-                raise ValueError(f"{', '.join(wrong)}: only for weight 'int', not {w!r}")
-        elif w == "int":
-            if self.granularity == "group" and self.group_size is None:
-                raise ValueError("granularity 'group' needs group_size (e.g. 64 or 128)")
-            if self.granularity != "group" and self.group_size is not None:
-                raise ValueError(f"group_size is only used with granularity 'group' (granularity is {self.granularity!r})")
+                who = " / ".join(repr(o) for o in owners[wrong[0]])
+                raise ValueError(f"{', '.join(wrong)}: only for weight {who}, not {w!r}")
+            kind.check_recipe(self._kind_options(), set(given))
         else:
             if self.embeddings:
                 raise ValueError("embeddings: true needs a weight quantizer; set weight: binary, ternary or int")
@@ -145,22 +176,21 @@ class Quantize(Method):
                 raise ValueError(f"{', '.join(wrong)}: only for activations 'static8'")
         return self
 
+    def _kind_options(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in quantizer_class(self.weight).recipe_keys}
+
     # -- description ---------------------------------------------------------------------------
     def weight_bits(self) -> int | None:
-        """Bits per weight (1 binary, 2 ternary, ``bits`` for int), None when weights stay float."""
+        """Bits per weight (1 binary, 2 ternary, ``bits`` or the kind's default), None when weights stay float."""
         if self.weight is None:
             return None
-        return {"binary": 1, "ternary": 2}.get(self.weight, self.bits or 8)
+        lo, hi, default = quantizer_class(self.weight).recipe_bits
+        return lo if lo == hi else (self.bits or default)
 
     def describe(self) -> str:
         parts = []
-        if self.weight == "int":
-            how = f"{'symmetric' if self.symmetric else 'asymmetric'} per {self.granularity}"
-            if self.granularity == "group":
-                how += f" of {self.group_size}"
-            parts.append(f"int{self.weight_bits()} weights ({how}{', learned step' if self.learned_step else ''})")
-        elif self.weight is not None:
-            parts.append(f"{self.weight} weights ({self.weight_bits()} bit, per-row scale)")
+        if self.weight is not None:
+            parts.append(quantizer_class(self.weight).describe_recipe(self.weight_bits(), self._kind_options()))
         if self.activations == "dynamic8":
             parts.append("8-bit dynamic per-token activations")
         elif self.activations == "static8":
@@ -170,16 +200,11 @@ class Quantize(Method):
         return f"{self.type}: quantization-aware training, {'; '.join(parts)} on {where}{emb}"
 
     # -- building quantizers ---------------------------------------------------------------------
-    def make_weight_quantizer(self) -> Quantizer | None:
-        """A fresh weight quantizer for one layer (None when weights stay float)."""
-        if self.weight == "binary":
-            return BinaryQuantizer()
-        if self.weight == "ternary":
-            return TernaryQuantizer()
-        if self.weight == "int":
-            return IntQuantizer(self.weight_bits() or 8, self.symmetric, self.granularity, self.group_size,
-                                self.learned_step)
-        return None
+    def make_weight_quantizer(self, shape: tuple[int, ...]) -> Quantizer | None:
+        """A fresh weight quantizer for one weight of ``shape`` (None when weights stay float)."""
+        if self.weight is None:
+            return None
+        return quantizer_class(self.weight).from_recipe(self.weight_bits(), self._kind_options(), tuple(shape))
 
     def make_input_quantizer(self) -> Quantizer | None:
         """A fresh activation quantizer for one layer's input (None without activation quantization)."""
@@ -190,26 +215,36 @@ class Quantize(Method):
         return None
 
     # -- hooks ----------------------------------------------------------------------------------
+    def _weight_quantizers(self, model: nn.Module, found: dict[str, nn.Module]) -> dict[str, Quantizer]:
+        """One checked weight quantizer per target (and ``"<embeddings>"``), before anything changes."""
+        out: dict[str, Quantizer] = {}
+        if self.weight is None:
+            return out
+        where = f"{self.type}.targets: "
+        for name, mod in found.items():
+            shape = tuple(mod.weight.shape)
+            out[name] = q = self.make_weight_quantizer(shape)
+            q.check_shape(shape, where=f"{where}{name}")
+        if self.embeddings:
+            emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+            if isinstance(emb, nn.Embedding):
+                shape = tuple(emb.weight.shape)
+                out["<embeddings>"] = q = self.make_weight_quantizer(shape)
+                q.check_shape(shape, where=f"{self.type}.embeddings: word embeddings")
+        return out
+
     def _attach(self, state: TrainState) -> None:
         model = state.model
         where = f"{self.type}.targets: "
         targets = self.targets or encoder_linear_patterns(model)
         # check everything before changing the model, so that an error leaves it untouched
-        probe = self.make_weight_quantizer()
-        found = match_modules(model, targets, where=where)
-        if probe is not None:
-            for name, mod in found.items():
-                probe.check_shape(tuple(mod.weight.shape), where=f"{where}{name}")
-            if self.embeddings:
-                emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-                if isinstance(emb, nn.Embedding):
-                    probe.check_shape(tuple(emb.weight.shape), where=f"{self.type}.embeddings: word embeddings")
+        weight_qs = self._weight_quantizers(model, match_modules(model, targets, where=where))
         layers: dict[str, Any] = compress_modules(model, targets, where=where)
         compiled = self.compile is True or (self.compile == "auto" and state.total_steps >= COMPILE_MIN_STEPS)
         # set only what this method configures: a quantizer from an earlier stage stays otherwise
-        for layer in layers.values():
+        for name, layer in layers.items():
             if self.weight is not None:
-                layer.weight_quantizer = self.make_weight_quantizer()
+                layer.weight_quantizer = weight_qs[name]
                 layer.weight_quantizer.compiled = compiled  # not embeddings: their row count varies
             if self.activations is not None:
                 layer.input_quantizer = self.make_input_quantizer()
@@ -217,7 +252,7 @@ class Quantize(Method):
         if self.embeddings:
             embs = compress_embeddings(model, where=f"{self.type}.embeddings: ")
             for emb in embs.values():
-                emb.weight_quantizer = self.make_weight_quantizer()
+                emb.weight_quantizer = weight_qs.get("<embeddings>") or self.make_weight_quantizer(tuple(emb.weight.shape))
             layers = {**layers, **embs}
         self._layers = layers
         if self.activations == "static8":

@@ -43,6 +43,8 @@ class NMPruning(Method):
         targets: module-name patterns; default every Linear inside the encoder layers.
     """
 
+    effects = frozenset({"prunes"})
+
     type: Literal["nm_pruning"] = "nm_pruning"
     n: int = Field(2, ge=1)
     m: int = Field(4, ge=2)

@@ -51,6 +51,7 @@ def schedule_progress(step: int, t0: int, t1: int, frequency: int, kind: str) ->
 class ScheduledPruning(Method):
     """Fields and schedule shared by the gradual pruning methods."""
 
+    effects = frozenset({"prunes"})
     type: str  # each method narrows it to its Literal name (declared here so dumps list it first)
     schedule: Literal["cubic", "linear", "one_shot"] = "cubic"
     start: Point = Field(0, ge=0)

@@ -21,7 +21,8 @@ validator only use these methods. A new kind: subclass, set ``kind``, decorate w
 :func:`~.base.register_quantizer`.
 """
 
-from .base import (
+# registration order is the order kinds are listed in (binary, ternary, int, groupbits, activations)
+from .base import (  # noqa: I001
     ActivationQuantizer,
     IntRange,
     Quantizer,
@@ -32,13 +33,13 @@ from .base import (
     register_quantizer,
 )
 from .binary import BinaryQuantizer
-from .codes import Codes, ScaleLayout
-from .dynamic import DynamicActQuantizer, dynamic_act_codes
-from .groupbits import GroupBitsQuantizer, asym_fake_quant
-from .integer import GRANULARITIES, IntQuantizer
-from .ops import run_compiled
-from .static import StaticActQuantizer, calibration
 from .ternary import TernaryQuantizer
+from .integer import GRANULARITIES, IntQuantizer
+from .groupbits import GroupBitsQuantizer, asym_fake_quant
+from .dynamic import DynamicActQuantizer, dynamic_act_codes
+from .static import StaticActQuantizer, calibration
+from .codes import Codes, ScaleLayout
+from .ops import run_compiled
 
 __all__ = [
     "Quantizer",

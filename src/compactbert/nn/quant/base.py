@@ -147,6 +147,28 @@ class WeightQuantizer(Quantizer):
 
     #: Names of the parameters :meth:`encode` returns, in storage order.
     param_names: tuple[str, ...] = ("scales",)
+    #: Keys of the ``quantize`` recipe method this kind takes besides ``bits`` (fields of that
+    #: method; see :meth:`from_recipe`).
+    recipe_keys: ClassVar[tuple[str, ...]] = ()
+    #: (lowest, highest, default) of the recipe's ``bits``; a kind of one width has lowest == highest.
+    recipe_bits: ClassVar[tuple[int, int, int]] = (8, 8, 8)
+
+    # -- the ``quantize`` recipe method -------------------------------------------------------
+    @classmethod
+    def check_recipe(cls, options: dict[str, Any], given: set[str]) -> None:
+        """Raise ``ValueError`` for recipe keys this kind refuses together (``options``: its
+        :attr:`recipe_keys` with their values; ``given``: the keys the recipe set)."""
+
+    @classmethod
+    def from_recipe(cls, bits: int, options: dict[str, Any], shape: tuple[int, ...]) -> "WeightQuantizer":
+        """A quantizer for one weight of ``shape`` from the ``quantize`` method's keys."""
+        lo, hi, _ = cls.recipe_bits
+        return cls(**options) if lo == hi else cls(bits=bits, **options)
+
+    @classmethod
+    def describe_recipe(cls, bits: int, options: dict[str, Any]) -> str:
+        """A few words for ``compactbert recipe check``."""
+        return f"{cls.kind} weights ({bits} bit, per-row scale)"
 
     def scale_layout(self, shape: torch.Size | tuple[int, ...]) -> ScaleLayout:
         """Where the parameters of a weight of ``shape`` are (default: one per row)."""

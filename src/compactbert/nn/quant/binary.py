@@ -26,6 +26,7 @@ class BinaryQuantizer(RowLevelQuantizer):
     kind = "binary"
     represents_zero = False
     bits = 1
+    recipe_bits = (1, 1, 1)
 
     @classmethod
     def levels_scales(cls, w):

@@ -92,6 +92,8 @@ class GroupBitsQuantizer(WeightQuantizer):
     kind = "groupbits"
     represents_zero = False  # a row's levels need not include 0: a mask inside a row is stored as a mask
     param_names = ("scales", "mins")
+    recipe_keys = ("row_group_size",)
+    recipe_bits = (1, 8, 8)
 
     def __init__(self, row_group_size: int, group_bits: Sequence[int]):
         super().__init__()
@@ -101,6 +103,22 @@ class GroupBitsQuantizer(WeightQuantizer):
         self.register_buffer("group_bits", torch.tensor(_checked_group_bits(group_bits), dtype=torch.int64))
 
     # -- description -----------------------------------------------------------------------
+    @classmethod
+    def check_recipe(cls, options: dict[str, Any], given: set[str]) -> None:
+        if options["row_group_size"] is None:
+            raise ValueError("weight 'groupbits' needs row_group_size (output rows per group, e.g. 64)")
+
+    @classmethod
+    def from_recipe(cls, bits: int, options: dict[str, Any], shape: tuple[int, ...]) -> "GroupBitsQuantizer":
+        """Every group at ``bits`` (the uniform form); the weight's rows decide the number of groups."""
+        size = options["row_group_size"]
+        return cls(size, [bits] * max(1, rows_cols(shape)[0] // size))
+
+    @classmethod
+    def describe_recipe(cls, bits: int, options: dict[str, Any]) -> str:
+        return (f"groupbits weights ({bits} bit per row group of {options['row_group_size']} rows, "
+                "asymmetric per row)")
+
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "row_group_size": self.row_group_size, "group_bits": self.group_bits.tolist()}
 

@@ -43,6 +43,8 @@ class IntQuantizer(IntRange, WeightQuantizer):
     """
 
     kind = "int"
+    recipe_keys = ("symmetric", "granularity", "group_size", "learned_step")
+    recipe_bits = (2, 8, 8)
 
     def __init__(
         self,
@@ -79,6 +81,20 @@ class IntQuantizer(IntRange, WeightQuantizer):
         self.register_buffer("zero_point", None)
 
     # -- description -----------------------------------------------------------------------
+    @classmethod
+    def check_recipe(cls, options: dict[str, Any], given: set[str]) -> None:
+        if options["granularity"] == "group" and options["group_size"] is None:
+            raise ValueError("granularity 'group' needs group_size (e.g. 64 or 128)")
+        if options["granularity"] != "group" and options["group_size"] is not None:
+            raise ValueError(f"group_size is only used with granularity 'group' (granularity is {options['granularity']!r})")
+
+    @classmethod
+    def describe_recipe(cls, bits: int, options: dict[str, Any]) -> str:
+        how = f"{'symmetric' if options['symmetric'] else 'asymmetric'} per {options['granularity']}"
+        if options["granularity"] == "group":
+            how += f" of {options['group_size']}"
+        return f"int{bits} weights ({how}{', learned step' if options['learned_step'] else ''})"
+
     def spec(self) -> dict[str, Any]:
         return {
             "kind": self.kind,

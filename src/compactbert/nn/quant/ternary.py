@@ -28,6 +28,7 @@ class TernaryQuantizer(RowLevelQuantizer):
 
     kind = "ternary"
     bits = 2
+    recipe_bits = (2, 2, 2)
     threshold: ClassVar[float] = 0.7
 
     @classmethod

@@ -214,9 +214,49 @@ def test_final_evaluation_is_fp32_for_models_with_activation_quantizers(teacher,
         return real(model, spec, features, batch_size, bf16, pad_id)
 
     monkeypatch.setattr(loop, "evaluate_model", spy)
+    monkeypatch.setattr(loop, "bf16_supported", lambda: True)  # the same decision on CPUs without native bf16
     glue, run, _ = teacher
     recipe = tmp_path / "q.yaml"
     recipe.write_text("seed: 1\nmax_seq_length: 32\nbf16: true\nstages:\n  - name: q\n    steps: 2\n    batch_size: 8\n"
                       f"    methods:\n      - {method}\n")
     assert _compress(glue, run, recipe, tmp_path / "q") == 0
     assert seen[-1] is bf16_eval  # the final evaluation (W2A8: FP32, as the exact runtime computes)
+
+
+def test_eval_of_a_compress_run_reproduces_its_eval_json(teacher, tmp_path, monkeypatch):
+    """`compactbert eval RUN` evaluates a compress run as the run did: its recipe's sequence length
+    (8 here, not the default 128) and FP32 for a model with activation quantizers (not bf16)."""
+    import yaml
+
+    import compactbert.train.loop as loop
+
+    seen = []
+    real = loop.evaluate_model
+
+    def spy(model, spec, features, batch_size, bf16, pad_id):
+        seen.append((bf16, batch_size, max(len(f["input_ids"]) for f in features)))
+        return real(model, spec, features, batch_size, bf16, pad_id)
+
+    monkeypatch.setattr(loop, "evaluate_model", spy)
+    monkeypatch.setattr(loop, "bf16_supported", lambda: True)  # eval would pick bf16 here if it guessed
+    glue, run, _ = teacher
+    recipe = tmp_path / "w2a8.yaml"
+    recipe.write_text("seed: 1\nmax_seq_length: 8\nbf16: true\nstages:\n  - name: q\n    steps: 2\n"
+                      "    batch_size: 8\n    methods:\n      - {type: ternary}\n")
+    out = tmp_path / "c"
+    assert _compress(glue, run, recipe, out) == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["max_seq_length"] == 8 and config["bf16"] is True
+    run_eval = json.loads((out / "eval.json").read_text())
+    compress_call = seen[-1]
+    assert compress_call == (False, 64, 8)  # FP32 (activation quantizers), truncated to 8 tokens
+    assert main(["eval", str(out), "--out", str(tmp_path / "again.json")]) == 0
+    assert seen[-1] == compress_call
+    assert json.loads((tmp_path / "again.json").read_text()) == run_eval
+    # a run written before config.yaml recorded these settings: they come from its recipe.yaml
+    for key in ("max_seq_length", "bf16", "eval_batch_size"):
+        del config[key]
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["eval", str(out), "--out", str(tmp_path / "old.json")]) == 0
+    assert seen[-1] == compress_call
+    assert json.loads((tmp_path / "old.json").read_text()) == run_eval

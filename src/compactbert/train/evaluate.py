@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .. import defaults as D
 from ..data.tasks import TaskSpec, compute_metrics, get_task
 
 
@@ -43,7 +44,7 @@ def eval_batches(features: Sequence[dict], batch_size: int) -> list[list[int]]:
 def predict(
     model: torch.nn.Module,
     features: Sequence[dict],
-    batch_size: int = 64,
+    batch_size: int = D.EVAL_BATCH_SIZE,
     bf16: bool = False,
     pad_token_id: int | None = None,
     process_index: int = 0,
@@ -84,7 +85,7 @@ def evaluate_model(
     model: torch.nn.Module,
     task: str | TaskSpec,
     features: Sequence[dict],
-    batch_size: int = 64,
+    batch_size: int = D.EVAL_BATCH_SIZE,
     bf16: bool = False,
     pad_token_id: int | None = None,
 ) -> dict[str, float]:

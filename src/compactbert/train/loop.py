@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import defaults as D
 from ..data.tasks import TaskSpec, get_task
 from ..errors import UserError
 from ..limits import MAX_EPOCHS, MAX_SEED, MAX_STEPS
@@ -115,19 +116,19 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    epochs: float = Field(3.0, gt=0, le=MAX_EPOCHS)
+    epochs: float = Field(D.EPOCHS, gt=0, le=MAX_EPOCHS)
     max_steps: int | None = Field(None, ge=1, le=MAX_STEPS)
-    lr: float = Field(5e-5, gt=0)
-    batch_size: int = Field(32, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, le=1)
-    max_grad_norm: float | None = Field(1.0, gt=0)
+    lr: float = Field(D.LR, gt=0)
+    batch_size: int = Field(D.BATCH_SIZE, ge=1)
+    eval_batch_size: int = Field(D.EVAL_BATCH_SIZE, ge=1)
+    weight_decay: float = Field(D.WEIGHT_DECAY, ge=0)
+    warmup_ratio: float = Field(D.WARMUP_RATIO, ge=0, le=1)
+    max_grad_norm: float | None = Field(D.MAX_GRAD_NORM, gt=0)
     bf16: bool = False
     eval_every: int | None = Field(None, ge=1)
     save_every: int | None = Field(None, ge=1)
-    seed: int = Field(42, ge=0, le=MAX_SEED)
-    max_seq_length: int = Field(128, ge=2)
+    seed: int = Field(D.SEED, ge=0, le=MAX_SEED)
+    max_seq_length: int = Field(D.MAX_SEQ_LENGTH, ge=2)
     group_by_length: bool = True
     keep: Literal["best", "last"] | None = None
     tensorboard: bool = False

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
+from . import defaults as D
 from .errors import UserError, did_you_mean
 from .methods.base import Method
 from .methods import method_types
@@ -72,8 +73,8 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     description: str | None = None
-    seed: int = 42
-    max_seq_length: int = Field(128, ge=8, le=4096)
+    seed: int = D.SEED
+    max_seq_length: int = Field(D.MAX_SEQ_LENGTH, ge=8, le=4096)
     bf16: bool = True
     stages: list[Stage] = Field(min_length=1)
 

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .. import defaults as D
 from ..errors import UserError
 from .encoder import LeanEncoder
 from .kernels import Int8Linear, cpu_has_native_bf16, mkldnn_available, onednn_int8_available
@@ -160,7 +161,7 @@ class PackedModel:
             return self.encoder(ids, mask, tt)
 
     def predict(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 32,
-                max_length: int = 128) -> torch.Tensor:
+                max_length: int = D.MAX_SEQ_LENGTH) -> torch.Tensor:
         """Logits for raw texts (optionally sentence pairs), tokenized with :attr:`tokenizer`.
 
         Returns:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .defaults import MODEL
 from .errors import UserError
 
-DEFAULT_MODEL = "minilm-l6"
+DEFAULT_MODEL = MODEL
 _EMBEDDED_IDS = {"minilm-l6", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 

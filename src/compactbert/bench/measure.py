@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import defaults as D
+
 __all__ = ["time_calls", "measure_latency", "measure_throughput", "rss_mb", "peak_rss_mb", "measure_runner"]
 
 
@@ -40,7 +42,7 @@ def _rows(feed: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v[i : i + 1]) for k, v in feed.items()}
 
 
-def measure_latency(runner, feed: dict[str, np.ndarray], n_warmup: int = 3, n_runs: int = 50) -> dict[str, float]:
+def measure_latency(runner, feed: dict[str, np.ndarray], n_warmup: int = D.N_WARMUP, n_runs: int = D.N_LATENCY) -> dict[str, float]:
     """Batch-1 latency of ``runner`` over the rows of ``feed`` (row ``k % rows`` at call ``k``).
 
     Returns:
@@ -110,10 +112,10 @@ def measure_runner(
     build: Callable[[], Any],
     timing: dict[str, np.ndarray],
     evals: Sequence[dict[str, np.ndarray]] = (),
-    batch_size: int = 32,
-    n_warmup: int = 3,
-    n_latency: int = 50,
-    n_throughput: int = 10,
+    batch_size: int = D.BENCH_BATCH_SIZE,
+    n_warmup: int = D.N_WARMUP,
+    n_latency: int = D.N_LATENCY,
+    n_throughput: int = D.N_THROUGHPUT,
 ) -> tuple[dict[str, Any], np.ndarray | None]:
     """Build a runner and measure it.
 

@@ -1,5 +1,6 @@
 """The same loop in two processes (DDP over gloo on the CPU) reaches the result of one process with the
-same global batch.
+same global batch, for a model without dropout (what the README claims, and no more: with dropout each
+process draws its own masks).
 
 The processes are started with `accelerate launch --multi_gpu --num_processes 2`: on this machine
 (no GPU, no MPI) accelerate's `--cpu` launcher starts only one process; `--multi_gpu` starts N through

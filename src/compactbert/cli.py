@@ -195,8 +195,11 @@ def size(
     Example: compactbert size runs/sst2-w1a8
     """
     from . import api
+    from .fileio import check_output_file
     from .size import format_size_table
 
+    if out is not None:
+        check_output_file(out)
     report = api.size(path, out=out)
     print(format_size_table(report, only_compressed=not all_tensors))
 
@@ -240,7 +243,9 @@ def export(
     Example: compactbert export runs/sst2-w1a8 --out packed/sst2-w1a8
     """
     from . import api
+    from .fileio import check_output_folder
 
+    check_output_folder(out)
     target = api.export(path, out, format=format, prune_vocab=prune_vocab, task=task, data=data, max_positions=max_positions)
     total = sum(f.stat().st_size for f in Path(target).rglob("*") if f.is_file())
     print(f"wrote {target} ({total:,} bytes on disk)")
@@ -300,15 +305,42 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # click's own usage errors already printed their message
         return e.code if isinstance(e.code, int) else 2
     except Exception as e:  # click usage errors (bad option, missing argument)
+        code = _usage_error(e)
+        if code is None:
+            raise
+        return code
+    return 0
+
+
+def _usage_error(e: Exception) -> int | None:
+    """Exit status of a click/typer usage error (bad option or value, missing argument), after
+    printing it as one line; None for any other exception. Typer >= 0.20 ships its own copy of
+    click, whose exceptions are not click's."""
+    from .errors import one_line
+
+    aborts: tuple[type, ...] = (typer.Abort,)
+    usage: tuple[type, ...] = (typer.TyperException,) if hasattr(typer, "TyperException") else ()
+    try:
         import click
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return 2
-        if isinstance(e, click.exceptions.Abort):
-            return 1
-        raise
-    return 0
+        aborts, usage = aborts + (click.exceptions.Abort,), usage + (click.exceptions.ClickException,)
+    except ImportError:  # typer >= 0.20 does not need click
+        pass
+    if isinstance(e, aborts):
+        return 1
+    if not isinstance(e, usage):
+        return None
+    if type(e).__name__ == "NoArgsIsHelpError":  # the help has been printed already
+        return 2
+    names, ctx = [], getattr(e, "ctx", None)
+    while ctx is not None and ctx.parent is not None:  # the subcommand's path, without the program name
+        names.insert(0, ctx.info_name)
+        ctx = ctx.parent
+    where = f"{' '.join(names)}: " if names else ""
+    message = e.format_message() if hasattr(e, "format_message") else str(e)
+    print(f"error: {where}{one_line(message)} (see --help)", file=sys.stderr)
+    code = getattr(e, "exit_code", 2)
+    return code if isinstance(code, int) and code else 2
 
 
 def _entry() -> None:  # pragma: no cover - thin wrapper for `python -m compactbert`

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
+
+from .errors import UserError
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -13,3 +16,34 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_output_folder(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse an output folder that is a file, or lies below one, before anything is written.
+
+    Raises:
+        UserError: ``path`` (or a folder it would be created in) exists and is not a directory.
+    """
+    _check_parents(Path(path).expanduser(), str(path), option, "a folder")
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse an output file path that is a folder, or lies below a file, before anything is written.
+
+    Raises:
+        UserError: ``path`` is an existing directory, or a folder above it is a file.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{option} {str(path)!r} is a folder; expected a file path")
+    _check_parents(p.parent, str(path), option, "a file path")
+
+
+def _check_parents(p: Path, shown: str, option: str, expected: str) -> None:
+    """UserError when the nearest existing one of ``p`` and its parents is not a directory."""
+    for q in (p, *p.parents):
+        if q.exists() or q.is_symlink():
+            if not q.is_dir():
+                where = "is a file" if str(q) == shown else f"is inside {str(q)!r}, which is a file"
+                raise UserError(f"{option} {shown!r} {where}; expected {expected}")
+            return

@@ -26,7 +26,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from . import defaults as D
-from .errors import UserError, did_you_mean
+from .errors import UserError, did_you_mean, short_repr
+from .limits import MAX_EPOCHS, MAX_SEED, MAX_STEPS
 from .methods.base import Method
 from .methods import method_types
 
@@ -34,19 +35,19 @@ from .methods import method_types
 class AugmentConfig(BaseModel):
     """Synonym-replacement augmentation of the training set (TinyBERT / Combining Compressions)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     n_aug: int = Field(4, ge=1, le=64, description="augmented copies per training example")
     p: float = Field(0.3, gt=0.0, le=1.0, description="probability of replacing each eligible word")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class Stage(BaseModel):
     """One training stage: its schedule and the methods active during it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str = "stage"
-    epochs: float | None = Field(None, gt=0)
-    steps: int | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0, le=MAX_EPOCHS)
+    steps: int | None = Field(None, gt=0, le=MAX_STEPS)
     lr: float = Field(5e-5, gt=0)
     batch_size: int = Field(32, ge=1)
     weight_decay: float = Field(0.01, ge=0)
@@ -71,9 +72,9 @@ class Stage(BaseModel):
 class Recipe(BaseModel):
     """A validated compression recipe."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     description: str | None = None
-    seed: int = D.SEED
+    seed: int = Field(D.SEED, ge=0, le=MAX_SEED, description="seed of batch order, dropout and new weights")
     max_seq_length: int = Field(D.MAX_SEQ_LENGTH, ge=8, le=4096)
     bf16: bool = True
     stages: list[Stage] = Field(min_length=1)
@@ -89,35 +90,10 @@ class Recipe(BaseModel):
         stages_raw = raw.get("stages")
         if not isinstance(stages_raw, list):
             where = lines.where(("stages",), source)
-            raise UserError(f"{where}: 'stages' must be a list of stages (each with 'methods:'), got {stages_raw!r}")
-        registry = method_types()
-        stages: list[Any] = []
-        for i, st in enumerate(stages_raw):
-            if not isinstance(st, dict):
-                raise UserError(f"{lines.where(('stages', i), source)}: stages.{i} must be a mapping")
-            st = dict(st)
-            methods = []
-            for j, m in enumerate(st.get("methods") or []):
-                path = ("stages", i, "methods", j)
-                if not isinstance(m, dict) or "type" not in m:
-                    raise UserError(
-                        f"{lines.where(path, source)}: {_dotted(path)} needs a 'type:' "
-                        f"(one of {', '.join(sorted(registry))})"
-                    )
-                mtype = m["type"]
-                if mtype not in registry:
-                    raise UserError(
-                        f"{lines.where(path + ('type',), source)}: {_dotted(path)}.type: unknown method "
-                        f"{mtype!r}{did_you_mean(mtype, list(registry))}; valid: {', '.join(sorted(registry))}"
-                    )
-                try:
-                    methods.append(registry[mtype].model_validate(m))
-                except ValidationError as e:
-                    raise _user_error(e, path, source, lines, registry[mtype]) from None
-                except UserError as e:
-                    raise UserError(f"{lines.where(path, source)}: {_dotted(path)}: {e}") from None
-            st["methods"] = methods
-            stages.append(st)
+            raise UserError(
+                f"{where}: 'stages' must be a list of stages (each with 'methods:'), got {short_repr(stages_raw)}"
+            )
+        stages = [_stage_with_methods(st, i, source, lines) for i, st in enumerate(stages_raw)]
         raw["stages"] = stages
         try:
             recipe = cls.model_validate(raw)
@@ -128,14 +104,13 @@ class Recipe(BaseModel):
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "<recipe>", overrides: list[str] | None = None) -> "Recipe":
-        """Parse YAML text; ``overrides`` are ``KEY=VALUE`` strings (``stages.0.epochs=1``)."""
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f"{source}:{mark.line + 1}" if mark else source
-            raise UserError(f"{at}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        """Parse YAML text; ``overrides`` are ``KEY=VALUE`` strings (``stages.0.epochs=1``).
+
+        Only plain YAML is accepted: anchors and aliases, tags other than the standard scalar /
+        list / mapping ones, nesting deeper than :data:`MAX_YAML_DEPTH` and integers longer than
+        :data:`MAX_NUMBER_CHARS` characters are refused with a :class:`UserError`.
+        """
+        raw, node = load_plain_yaml(text, source)
         if raw is None:
             raise UserError(f"{source}: the recipe is empty; it needs a 'stages:' list")
         for ov in overrides or []:
@@ -144,15 +119,8 @@ class Recipe(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> "Recipe":
-        """Read and validate a recipe file."""
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"recipe file {str(path)!r} does not exist")
-        try:
-            text = p.read_text()
-        except OSError as e:
-            raise UserError(f"cannot read recipe {str(path)!r}: {e.strerror}") from None
-        return cls.from_yaml(text, source=str(path), overrides=overrides)
+        """Read and validate a recipe file (UTF-8, at most :data:`MAX_RECIPE_BYTES` bytes)."""
+        return cls.from_yaml(read_recipe_text(path), source=str(path), overrides=overrides)
 
     # ------------------------------------------------------------------ saving
     def to_dict(self) -> dict[str, Any]:
@@ -205,39 +173,188 @@ class Recipe(BaseModel):
         return "\n".join(out)
 
 
+def _stage_with_methods(st: Any, i: int, source: str, lines: "_LineIndex") -> dict[str, Any]:
+    """A raw stage mapping with its ``methods`` validated into :class:`Method` objects."""
+    registry = method_types()
+    valid = ", ".join(sorted(registry))
+    if not isinstance(st, dict):
+        raise UserError(f"{lines.where(('stages', i), source)}: stages.{i} must be a mapping, got {type(st).__name__}")
+    st = dict(st)
+    methods_raw = st.get("methods")
+    if methods_raw is None:
+        methods_raw = []
+    if not isinstance(methods_raw, list):
+        raise UserError(
+            f"{lines.where(('stages', i, 'methods'), source)}: stages.{i}.methods must be a list of methods "
+            f"(each a mapping with 'type:', one of {valid}), got {short_repr(methods_raw)}"
+        )
+    methods = []
+    for j, m in enumerate(methods_raw):
+        path = ("stages", i, "methods", j)
+        if not isinstance(m, dict) or "type" not in m:
+            raise UserError(f"{lines.where(path, source)}: {_dotted(path)} needs a 'type:' (one of {valid})")
+        mtype = m["type"]
+        if not isinstance(mtype, str):
+            raise UserError(
+                f"{lines.where(path + ('type',), source)}: {_dotted(path)}.type must be a method name "
+                f"(one of {valid}), got {short_repr(mtype)}"
+            )
+        if mtype not in registry:
+            raise UserError(
+                f"{lines.where(path + ('type',), source)}: {_dotted(path)}.type: unknown method "
+                f"{short_repr(mtype)}{did_you_mean(mtype, list(registry))}; valid: {valid}"
+            )
+        try:
+            methods.append(registry[mtype].model_validate(m))
+        except ValidationError as e:
+            raise _user_error(e, path, source, lines, registry[mtype]) from None
+        except UserError as e:
+            raise UserError(f"{lines.where(path, source)}: {_dotted(path)}: {e}") from None
+    st["methods"] = methods
+    return st
+
+
 def _dotted(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
+# ---------------------------------------------------------------------- plain YAML
+# A recipe is a few hundred bytes of plain YAML; these limits refuse what no recipe needs and what
+# could exhaust memory or the stack ("billion laughs" aliases, deep nesting, huge numbers).
+
+MAX_RECIPE_BYTES = 256 * 1024
+MAX_YAML_DEPTH = 32
+MAX_NUMBER_CHARS = 64
+_PLAIN_TAGS = {"!"} | {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")}
+
+
+class _PlainLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader, refusing integers too long to be any setting (and to convert quickly)."""
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    if len(node.value) > MAX_NUMBER_CHARS:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"a number of {len(node.value)} characters is too long for any setting", node.start_mark
+        )
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+_PlainLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def read_recipe_text(path: str | Path) -> str:
+    """The text of a recipe file; UserError if it is missing, unreadable, too large or not UTF-8."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"recipe file {str(path)!r} does not exist")
+    try:
+        with p.open("rb") as f:
+            data = f.read(MAX_RECIPE_BYTES + 1)
+    except OSError as e:
+        raise UserError(f"cannot read recipe {str(path)!r}: {e.strerror or e}") from None
+    if len(data) > MAX_RECIPE_BYTES:
+        raise UserError(f"recipe {str(path)!r} is larger than {MAX_RECIPE_BYTES // 1024} KiB; a recipe is a short YAML file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the recipe as UTF-8"
+        ) from None
+
+
+def load_plain_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+    """Parse one YAML document of plain data: ``(value, node)``, the node for line numbers.
+
+    Raises:
+        UserError: not valid YAML, or anchors/aliases, unusual tags, nesting deeper than
+            :data:`MAX_YAML_DEPTH`, a number longer than :data:`MAX_NUMBER_CHARS` characters.
+    """
+    try:
+        _check_plain_events(text, source)
+        loader = _PlainLoader(text)
+        try:
+            node = loader.get_single_node()
+            value = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as e:
+        raise UserError(_yaml_error(e, text, source)) from None
+    return value, node
+
+
+def _check_plain_events(text: str, source: str) -> None:
+    """Refuse aliases, anchors, non-standard tags and deep nesting before anything is built."""
+    depth = 0
+    for ev in yaml.parse(text, Loader=_PlainLoader):
+        at = _at(source, ev.start_mark, text)
+        if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None) is not None:
+            raise UserError(f"{at}: YAML anchors and aliases (&name, *name) are not allowed in recipes; write the values out")
+        tag = getattr(ev, "tag", None)
+        if tag is not None and tag not in _PLAIN_TAGS:
+            shown = tag.replace("tag:yaml.org,2002:", "!!")
+            raise UserError(f"{at}: the YAML tag {short_repr(shown)} is not allowed in recipes; use plain values")
+        if isinstance(ev, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise UserError(f"{at}: nested more than {MAX_YAML_DEPTH} levels deep; a recipe needs at most 5")
+        elif isinstance(ev, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+
+
+def _at(source: str, mark: Any, text: str) -> str:
+    """``source:line`` for a YAML mark; just ``source`` for one-line text (a --set value)."""
+    return f"{source}:{mark.line + 1}" if mark is not None and "\n" in text else source
+
+
+def _yaml_error(e: yaml.YAMLError, text: str, source: str) -> str:
+    """One line for a YAML error: where, and the problem (with its context)."""
+    if isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow (NUL, other controls)
+        line = text.count("\n", 0, e.position) + 1 if isinstance(e.position, int) and "\n" in text else None
+        char = chr(e.character) if isinstance(e.character, int) else e.character
+        return f"{f'{source}:{line}' if line else source}: not valid YAML: character {char!r} is not allowed ({e.reason})"
+    problem = getattr(e, "problem", None) or str(e)
+    context = getattr(e, "context", None)
+    at = _at(source, getattr(e, "problem_mark", None), text)
+    return f"{at}: not valid YAML: {context + ': ' if context else ''}{problem}"
+
+
 def apply_override(raw: dict, override: str) -> None:
-    """Apply ``KEY=VALUE`` (dotted key path, list indices as numbers) to a raw recipe dict."""
+    """Apply ``KEY=VALUE`` (dotted key path, list indices as numbers) to a raw recipe dict.
+
+    ``VALUE`` is read as plain YAML (``1``, ``5e-5``, ``[a, b]``, ``{type: int8}``); a string that
+    YAML would read otherwise needs quotes.
+    """
     if "=" not in override:
-        raise UserError(f"--set {override!r}: expected KEY=VALUE, e.g. stages.0.epochs=1")
+        raise UserError(f"--set {short_repr(override)}: expected KEY=VALUE, e.g. stages.0.epochs=1")
     key, value = override.split("=", 1)
     parts = key.strip().split(".")
     if not key.strip() or any(not p for p in parts):
-        raise UserError(f"--set {override!r}: empty key; expected a dotted path such as stages.0.lr")
-    val = yaml.safe_load(value) if value.strip() else None
+        raise UserError(f"--set {short_repr(override)}: empty key; expected a dotted path such as stages.0.lr")
+    val = load_plain_yaml(value, f"--set {short_repr(override)}")[0] if value.strip() else None
     cur: Any = raw
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         where = ".".join(parts[: depth + 1])
+        where = where if len(where) <= 80 else where[:77] + "..."
         if isinstance(cur, list):
-            if not part.isdigit() or int(part) >= len(cur):
-                raise UserError(f"--set {override!r}: {where}: index out of range (the list has {len(cur)} items)")
+            index = int(part) if part.isascii() and part.isdigit() and len(part) < 10 else None
+            if index is None or index >= len(cur):
+                raise UserError(f"--set {short_repr(override)}: {where}: index out of range (the list has {len(cur)} items)")
             if last:
-                cur[int(part)] = val
+                cur[index] = val
             else:
-                cur = cur[int(part)]
+                cur = cur[index]
         elif isinstance(cur, dict):
             if last:
                 cur[part] = val  # unknown keys are caught by validation, with their path
             else:
                 if part not in cur:
-                    raise UserError(f"--set {override!r}: {where} does not exist in the recipe")
+                    raise UserError(f"--set {short_repr(override)}: {where} does not exist in the recipe")
                 cur = cur[part]
         else:
-            raise UserError(f"--set {override!r}: {where}: cannot set a key inside a {type(cur).__name__}")
+            raise UserError(f"--set {short_repr(override)}: {where}: cannot set a key inside a {type(cur).__name__}")
 
 
 class _LineIndex:
@@ -283,7 +400,7 @@ def _user_error(
         valid = sorted(_model_at(err["loc"][:-1], model or Recipe).model_fields)
         msg = f"unknown key{did_you_mean(str(loc[-1]), valid)}; valid keys: {', '.join(valid)}"
     elif "input" in err and err["type"] != "missing":
-        msg = f"{msg} (got {err['input']!r})"
+        msg = f"{msg} (got {short_repr(err['input'])})"
     return UserError(f"{lines.where(loc, source)}: {_dotted(loc) or '(top level)'}: {msg}")
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import bz2
 import csv
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -53,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..fileio import sha256_file
-from ..errors import UserError
+from ..errors import UserError, short_repr
 from .tasks import TaskSpec, get_task
 
 __all__ = [
@@ -118,7 +119,7 @@ def _parse_label(spec: TaskSpec, value) -> int | float | None:
     if spec.is_regression:
         try:
             v = float(value.strip() if isinstance(value, str) else value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
         lo, hi = spec.label_range or (float("-inf"), float("inf"))
         return v if lo <= v <= hi else None  # NaN fails both comparisons
@@ -134,7 +135,7 @@ def _parse_label(spec: TaskSpec, value) -> int | float | None:
     else:
         try:
             f = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float
             return None
     if not f.is_integer():
         return None
@@ -206,13 +207,17 @@ def _rows_to_examples(
             value = row.get(col)
             if value is None:
                 raise UserError(f"{source}, {where}, column {col!r}: no value (is the row missing fields?)")
+            if isinstance(value, (dict, list, tuple)):
+                raise UserError(f"{source}, {where}, column {col!r}: expected text, got a {type(value).__name__}")
             texts.append(value if isinstance(value, str) else str(value))
-        raw = row.get(label_col)
+        if label_col not in row:
+            raise UserError(f"{source}, {where}, column {label_col!r}: no value (is the row missing fields?)")
+        raw = row[label_col]
         label = _parse_label(spec, raw)
         if label is None:
             hint = " (the hub's test splits have no labels)" if raw == -1 else ""
             raise UserError(
-                f"{source}, {where}, column {label_col!r}: label {raw!r} is not valid for task "
+                f"{source}, {where}, column {label_col!r}: label {short_repr(raw)} is not valid for task "
                 f"{spec.name}{hint}; valid labels: {_valid_labels_text(spec)}"
             )
         out.append(Example(texts[0], texts[1] if len(texts) > 1 else None, label))
@@ -252,17 +257,22 @@ def _read_delimited(spec: TaskSpec, path: Path, kind: str) -> list[Example]:
         if kind == "tsv":
             # GLUE's own reading: tab-separated, no quote handling at all.
             reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        else:
-            reader = csv.reader(f)
+        else:  # strict: an unclosed quote is an error, not a field swallowing the rest of the file
+            reader = csv.reader(f, strict=True)
+        header: list[str] = []
 
         def records() -> Iterator[tuple[int, list[str]]]:
+            start = 1  # the line a record starts on (a quoted CSV field may span lines)
             try:
                 for fields in reader:
                     if fields and any(x.strip() for x in fields):  # skip blank lines
-                        yield reader.line_num, fields
+                        yield start, fields
+                    start = reader.line_num + 1
             except UnicodeDecodeError:
                 raise UserError(f"{source}: not UTF-8 text (near line {reader.line_num + 1})") from None
             except csv.Error as e:
+                if kind == "csv" and "unexpected end of data" in str(e):
+                    raise UserError(_unclosed_quote_message(path, start, header)) from None
                 raise UserError(f"{source}, line {reader.line_num}: malformed {kind.upper()} ({e})") from None
             except OSError as e:
                 raise UserError(f"cannot read data file {source!r}: {e.strerror or e}") from None
@@ -272,13 +282,13 @@ def _read_delimited(spec: TaskSpec, path: Path, kind: str) -> list[Example]:
         if first is None:
             raise UserError(f"{source}: the file is empty; expected a header line and examples")
         _, fields = first
-        header = [h.strip() for h in fields]
+        header[:] = [h.strip() for h in fields]
         data_rows: Iterable[tuple[int, list[str]]] = it
         if spec.glue_header is not None and not {spec.label_column, *spec.text_columns} <= set(header):
             # GLUE ships CoLA's train/dev without a header: the first line is already an example.
             label_at = spec.glue_header.index(spec.label_column)
             if len(fields) == len(spec.glue_header) and _parse_label(spec, fields[label_at]) is not None:
-                header = list(spec.glue_header)
+                header[:] = list(spec.glue_header)
                 data_rows = _chain_first(first, it)
         n = len(header)
 
@@ -295,6 +305,50 @@ def _chain_first(first, rest):
     yield from rest
 
 
+def _unclosed_quote_message(path: Path, start: int, header: list[str]) -> str:
+    """The error for a CSV record (starting on line ``start``) whose quoted field never closes."""
+    with _open_text(path) as f:
+        text = "".join(itertools.islice(f, start - 1, None))
+    col = _unclosed_quote_column(text)
+    if col is None:
+        where = ""
+    elif col < len(header):
+        where = f", column {header[col]!r}"
+    else:
+        where = f", field {col + 1}"
+    return (
+        f"{path}, line {start}{where}: a quoted field is never closed (unbalanced '\"'); "
+        f'quote the whole field and write a " inside it as ""'
+    )
+
+
+def _unclosed_quote_column(text: str) -> int | None:
+    """Index of the field whose opening quote is never closed, scanning CSV ``text`` record by record."""
+    i, col, at_start = 0, 0, True
+    while i < len(text):
+        c = text[i]
+        if at_start and c == '"':
+            j = i + 1
+            while True:
+                k = text.find('"', j)
+                if k == -1:
+                    return col
+                if text.startswith('"', k + 1):  # "" is an escaped quote
+                    j = k + 2
+                    continue
+                break
+            i, at_start = k + 1, False
+            continue
+        if c == ",":
+            col, at_start = col + 1, True
+        elif c in "\r\n":
+            col, at_start = 0, True
+        else:
+            at_start = False
+        i += 1
+    return None
+
+
 def _read_jsonl(spec: TaskSpec, path: Path) -> list[Example]:
     source = str(path)
     with _open_text(path) as f:
@@ -303,20 +357,15 @@ def _read_jsonl(spec: TaskSpec, path: Path) -> list[Example]:
         except UnicodeDecodeError:
             raise UserError(f"{source}: not UTF-8 text") from None
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):  # one array of objects
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{source}, line {e.lineno}: invalid JSON ({e.msg})") from None
+        items = _parse_json(text, source)
         located = [(f"item {i}", obj) for i, obj in enumerate(items)]
     else:
         located = []
-        for ln, raw in enumerate(text.splitlines(), start=1):
-            if not raw.strip():
-                continue
-            try:
-                located.append((f"line {ln}", json.loads(raw)))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{source}, line {ln}: invalid JSON ({e.msg}); expected one object per line") from None
+        # Only "\n" ends a JSON Lines record: str.splitlines() would also split inside strings
+        # holding U+2028, U+0085 and other characters JSON allows unescaped.
+        for ln, raw in enumerate(text.split("\n"), start=1):
+            if raw.strip():
+                located.append((f"line {ln}", _parse_json(raw, source, ln)))
     for where, obj in located:
         if not isinstance(obj, dict):
             raise UserError(f"{source}, {where}: expected a JSON object with named fields, got {type(obj).__name__}")
@@ -324,6 +373,24 @@ def _read_jsonl(spec: TaskSpec, path: Path) -> list[Example]:
         raise UserError(f"{source}: the file has no examples")
     columns = list(dict.fromkeys(k for _, obj in located for k in obj))
     return _rows_to_examples(spec, columns, located, source)
+
+
+def _parse_json(text: str, source: str, line: int | None = None):
+    """``json.loads`` with every failure (syntax, nesting, huge numbers) as one UserError line.
+
+    ``line`` is the JSON Lines line ``text`` came from (None: ``text`` is the whole file).
+    """
+    hint = "; expected one object per line" if line is not None else ""
+    where = f"{source}, line {line}" if line is not None else source
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        at = where if line is not None else f"{source}, line {e.lineno}"
+        raise UserError(f"{at}: invalid JSON ({e.msg}){hint}") from None
+    except RecursionError:
+        raise UserError(f"{where}: invalid JSON: nested too deeply{hint}") from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise UserError(f"{where}: invalid JSON: {str(e).split(':')[0].lower()}{hint}") from None
 
 
 def _read_table(spec: TaskSpec, path: Path) -> list[Example]:

@@ -112,6 +112,9 @@ def load_model(path: str | Path, **kwargs):
         return model, AutoTokenizer.from_pretrained(str(path))
     if not (p / "config.json").is_file():
         raise UserError(f"model folder {str(path)!r} has no config.json; expected a folder written by save_model")
+    from ..models import check_weight_files
+
+    check_weight_files(p)  # a truncated file: one clear error instead of the safetensors library's
     if (p / COMPRESSION_FILE).is_file():
         model = _load_compressed(p, **kwargs)
     else:

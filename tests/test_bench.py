@@ -323,3 +323,20 @@ def test_a_model_that_fails_to_run_is_recorded_not_fatal(tiny, tmp_path):
     assert result["ratios"]["vs_fp32"]["broken-onnx"] == {"file_bytes": pytest.approx(
         good["file_bytes"] / bad["file_bytes"]), "weights_bytes": pytest.approx(good["weights_bytes"] / bad["weights_bytes"])}
     assert json.loads((tmp_path / "b.json").read_text())["models"][0]["error"] == bad["error"]
+
+
+def test_bench_verb_writes_bench_json_beside_the_first_model_and_prints_the_table(tiny, tmp_path, capsys):
+    import shutil
+
+    from compactbert import api
+
+    student = tmp_path / "student"
+    shutil.copytree(tiny["root"] / "student", student)
+    result = api.bench(
+        student, baseline=tiny["root"] / "teacher", threads=1, baselines=["torch-fp32"], seq_len=16, batch_size=2,
+        n_warmup=0, n_latency=1, n_throughput=1, isolate=False, progress=False,
+    )
+    assert json.loads((student / "bench.json").read_text()) == result
+    assert [m["name"] for m in result["models"]] == ["student", "teacher-fp32"]
+    out = capsys.readouterr().out
+    assert "teacher-fp32" in out and f"wrote {student / 'bench.json'}" in out

@@ -202,32 +202,9 @@ def test_compress_with_taylor_structured_pruning_and_distillation(teacher, tmp_p
             assert rows_left == m.weight.shape[0] // 2, name  # half of the FFN neurons removed
 
 
-@pytest.mark.parametrize(("method", "bf16_eval"), [("{type: ternary}", False), ("{type: quantize, weight: ternary}", True)])
-def test_final_evaluation_is_fp32_for_models_with_activation_quantizers(teacher, tmp_path, monkeypatch, method, bf16_eval):
-    import compactbert.train.loop as loop
-
-    seen = []
-    real = loop.evaluate_model
-
-    def spy(model, spec, features, batch_size, bf16, pad_id):
-        seen.append(bf16)
-        return real(model, spec, features, batch_size, bf16, pad_id)
-
-    monkeypatch.setattr(loop, "evaluate_model", spy)
-    monkeypatch.setattr(loop, "bf16_supported", lambda: True)  # the same decision on CPUs without native bf16
-    glue, run, _ = teacher
-    recipe = tmp_path / "q.yaml"
-    recipe.write_text("seed: 1\nmax_seq_length: 32\nbf16: true\nstages:\n  - name: q\n    steps: 2\n    batch_size: 8\n"
-                      f"    methods:\n      - {method}\n")
-    assert _compress(glue, run, recipe, tmp_path / "q") == 0
-    assert seen[-1] is bf16_eval  # the final evaluation (W2A8: FP32, as the exact runtime computes)
-
-
-def test_eval_of_a_compress_run_reproduces_its_eval_json(teacher, tmp_path, monkeypatch):
-    """`compactbert eval RUN` evaluates a compress run as the run did: its recipe's sequence length
-    (8 here, not the default 128) and FP32 for a model with activation quantizers (not bf16)."""
-    import yaml
-
+def _spy_on_evaluations(monkeypatch) -> list:
+    """Record (bf16, batch size, longest input) of every evaluate_model call, on a CPU that claims
+    native bf16 (so the bf16 decisions are the same on every machine)."""
     import compactbert.train.loop as loop
 
     seen = []
@@ -238,7 +215,27 @@ def test_eval_of_a_compress_run_reproduces_its_eval_json(teacher, tmp_path, monk
         return real(model, spec, features, batch_size, bf16, pad_id)
 
     monkeypatch.setattr(loop, "evaluate_model", spy)
-    monkeypatch.setattr(loop, "bf16_supported", lambda: True)  # eval would pick bf16 here if it guessed
+    monkeypatch.setattr(loop, "bf16_supported", lambda: True)
+    return seen
+
+
+@pytest.mark.parametrize(("method", "bf16_eval"), [("{type: ternary}", False), ("{type: quantize, weight: ternary}", True)])
+def test_final_evaluation_is_fp32_for_models_with_activation_quantizers(teacher, tmp_path, monkeypatch, method, bf16_eval):
+    seen = _spy_on_evaluations(monkeypatch)
+    glue, run, _ = teacher
+    recipe = tmp_path / "q.yaml"
+    recipe.write_text("seed: 1\nmax_seq_length: 32\nbf16: true\nstages:\n  - name: q\n    steps: 2\n    batch_size: 8\n"
+                      f"    methods:\n      - {method}\n")
+    assert _compress(glue, run, recipe, tmp_path / "q") == 0
+    assert seen[-1][0] is bf16_eval  # the final evaluation (W2A8: FP32, as the exact runtime computes)
+
+
+def test_eval_of_a_compress_run_reproduces_its_eval_json(teacher, tmp_path, monkeypatch):
+    """`compactbert eval RUN` evaluates a compress run as the run did: its recipe's sequence length
+    (8 here, not the default 128) and FP32 for a model with activation quantizers (not bf16)."""
+    import yaml
+
+    seen = _spy_on_evaluations(monkeypatch)
     glue, run, _ = teacher
     recipe = tmp_path / "w2a8.yaml"
     recipe.write_text("seed: 1\nmax_seq_length: 8\nbf16: true\nstages:\n  - name: q\n    steps: 2\n"

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import defaults as D
-from ..bench.plan import DEFAULT_BASELINES
 from ..bench.result import BENCH_FILE
 
 
@@ -26,19 +25,15 @@ def bench(
     data: str | os.PathLike | None = None,
     threads: int = D.THREADS,
     out: str | os.PathLike | None = None,
-    baselines: Sequence[str] = DEFAULT_BASELINES,
-    seq_len: int = D.BENCH_SEQ_LEN,
-    batch_size: int = D.BENCH_BATCH_SIZE,
-    n_warmup: int = D.N_WARMUP,
-    n_latency: int = D.N_LATENCY,
-    n_throughput: int = D.N_THROUGHPUT,
-    split: str | None = None,
-    max_eval_samples: int | None = None,
     show: bool = True,
-    progress: bool = True,
+    **options: Any,
 ) -> dict[str, Any]:
     """Side-by-side speed, memory, size and accuracy: :func:`compactbert.bench.core.run_bench`, then
-    the table on screen. ``out`` defaults to :func:`default_out`.
+    the table on screen.
+
+    ``out`` defaults to :func:`default_out`; ``options`` are run_bench's other settings
+    (``baselines``, ``seq_len``, ``batch_size``, ``n_warmup``, ``n_latency``, ``n_throughput``,
+    ``split``, ``max_eval_samples``, ``progress``, ...).
 
     Example:
         >>> r = compactbert.bench("packed/xtc", baseline="runs/teacher", task="sst2")  # doctest: +SKIP
@@ -50,11 +45,7 @@ def bench(
     from ..bench.result import print_bench_table
 
     out = default_out(path) if out is None else out
-    result = run_bench(
-        path, baseline, task=task, data=data, threads=threads, out=out, seq_len=seq_len, batch_size=batch_size,
-        n_warmup=n_warmup, n_latency=n_latency, n_throughput=n_throughput, baselines=baselines, split=split,
-        max_eval_samples=max_eval_samples, progress=progress,
-    )
+    result = run_bench(path, baseline, task=task, data=data, threads=threads, out=out, **options)
     if show:
         print_bench_table(result, path=output_path(out))
     return result

@@ -55,16 +55,13 @@ Run directory (written by the main process)
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import defaults as D
@@ -73,12 +70,14 @@ from ..errors import UserError
 from ..limits import MAX_EPOCHS, MAX_SEED, MAX_STEPS
 from ..methods.base import Method, TrainState
 from . import checkpoint as ckpt_io
-from .evaluate import Evaluator, evaluate_model, forward_names, pad_id_of, predict
+from .evaluate import Evaluator, evaluate_model, predict
 from .heldout import HeldoutBatches, heldout_fraction, split_heldout
 from .lr import LRSchedule, linear_warmup_decay
+from .processes import Processes, bf16_supported, cpu_processes
 from .runlog import METRICS_FILE, TENSORBOARD_DIR, RunLog, loggable, progress_bar, read_metrics
+from .step import Batcher, Stepper, param_groups, task_loss_sum
 
-__all__ = [  # evaluate_model, predict, read_metrics, linear_warmup_decay: their old home, still imported from here
+__all__ = [  # the helpers defined elsewhere in train/ had their home here: still importable from here
     "TrainConfig", "TrainResult", "train", "bf16_supported", "cpu_processes", "param_groups", "task_loss_sum",
     "evaluate_model", "predict", "read_metrics", "linear_warmup_decay", "METRICS_FILE", "MODEL_DIR", "TENSORBOARD_DIR",
 ]
@@ -160,71 +159,11 @@ class TrainResult:
 # Small pieces
 
 
-def bf16_supported() -> bool:
-    """True when this machine runs bf16 matmuls natively (CUDA bf16, or a CPU with AVX512-BF16/AMX)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - older torch builds
-        return False
-
-
-def cpu_processes() -> bool:
-    """True when several processes were launched (``WORLD_SIZE`` > 1) on a machine without CUDA.
-
-    accelerate only sets up CPU data parallelism (gloo) when told ``cpu=True``; its own
-    ``accelerate launch --cpu`` starts a single process unless MPI is installed, so CPU runs are
-    launched with ``accelerate launch --multi_gpu --num_processes N`` or ``torchrun
-    --nproc_per_node N`` (both start N processes through torch.distributed) and told here.
-    """
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-
-
-def _check_cpu_launch() -> None:
-    """Warn when ``accelerate launch --cpu --num_processes N`` started one process instead of N."""
-    asked_several = "MASTER_ADDR" in os.environ and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
-    if asked_several and "WORLD_SIZE" not in os.environ and "PMI_SIZE" not in os.environ:
-        print(
-            "warning: this is a single process: `accelerate launch --cpu` starts several CPU processes only "
-            "through MPI; use `accelerate launch --multi_gpu --num_processes N -m compactbert ...` or "
-            "`torchrun --nproc_per_node N -m compactbert ...` (both work without a GPU)",
-            file=sys.stderr,
-        )
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay for matrices, none for biases, norm weights and scalar parameters."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def task_loss_sum(logits: torch.Tensor, labels: torch.Tensor, task: TaskSpec) -> torch.Tensor:
-    """Sum over the batch of the per-example task loss (cross-entropy, or MSE for regression).
-
-    Args:
-        logits: (batch, num_labels).
-        labels: (batch,) class ids, or float targets for regression.
-    """
-    if task.is_regression:
-        return F.mse_loss(logits.float().squeeze(-1), labels.float(), reduction="sum")
-    return F.cross_entropy(logits.float(), labels.long(), reduction="sum")
-
-
 def _set_attention(model: torch.nn.Module, impl: str) -> None:
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(impl)
     else:  # older transformers
         model.config._attn_implementation = impl
-
-
-def _fused_ok(model: torch.nn.Module) -> bool:
-    """Fused AdamW needs every trainable parameter as a floating tensor on one supported device."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
 def _due(step: int, every: int | None, otherwise: bool) -> bool:
@@ -267,46 +206,7 @@ class _Clock:
 
 
 # --------------------------------------------------------------------------------------------------
-# The parts the loop is built from
-
-
-class Processes:
-    """This run's processes (accelerate): who writes, the device, which slice of a global batch is mine.
-
-    Creating it seeds every RNG (``set_seed(seed, device_specific=True)``: dropout streams differ per
-    process, as in any DDP run).
-    """
-
-    def __init__(self, cfg: TrainConfig, run_dir: Path):
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
-
-        # split_batches: the batch size is global (we slice each global batch ourselves, see docstring).
-        # Mixed precision is our own torch.autocast rather than Accelerator(mixed_precision=...): the
-        # accelerate state is a per-process singleton whose precision cannot change afterwards, and one
-        # Python process may run several trainings (fine-tune in fp32, then compress in bf16).
-        self.accelerator = acc = Accelerator(mixed_precision="no", split_batches=True, cpu=cpu_processes())
-        self.is_main, self.rank, self.world, self.device = acc.is_main_process, acc.process_index, acc.num_processes, acc.device
-        if self.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        if self.is_main and self.world == 1:
-            _check_cpu_launch()
-        if cfg.bf16 and not bf16_supported():
-            print("warning: bf16 requested but this machine has no native bf16; it will be slow", file=sys.stderr)
-        set_seed(cfg.seed, device_specific=True)
-
-    def my_slice(self, global_batch: list[int]) -> list[int]:
-        """This process's contiguous share of a global batch (may be empty for a tiny last batch)."""
-        return np.array_split(np.asarray(global_batch), self.world)[self.rank].tolist()
-
-    def gather(self, items: list) -> list:
-        """Every process's ``items``, concatenated in process order."""
-        from accelerate.utils import gather_object
-
-        return gather_object(items) if self.world > 1 else items
-
-    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(model)
+# The parts the loop is built from (Processes, Batcher and Stepper have modules of their own)
 
 
 class BatchPlan:
@@ -324,26 +224,6 @@ class BatchPlan:
 
         c = self.cfg
         return batch_order(self.lengths, c.batch_size, c.seed, e, shuffle=True, group_by_length=c.group_by_length)
-
-
-class Batcher:
-    """Encoded features -> ``(inputs, labels)`` on the device: dynamic padding, and only the inputs
-    the model's forward takes (``input_ids`` etc.: (batch, seq); labels: (batch,))."""
-
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, device: torch.device):
-        from ..data.batching import Collator
-
-        self.collate, self.accepted, self.device = Collator(pad_id_of(model, tokenizer)), forward_names(model), device
-
-    def __call__(self, feats: list[dict]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        batch = {k: v.to(self.device) for k, v in self.collate(feats).items()}
-        labels = batch.pop("labels")
-        return {k: v for k, v in batch.items() if k in self.accepted}, labels
-
-    def batch(self, feats: list[dict]) -> dict[str, torch.Tensor]:
-        """The form methods see as ``state.batch``: the inputs and ``labels``."""
-        inputs, labels = self(feats)
-        return {**inputs, "labels": labels}
 
 
 class Checkpoints:
@@ -389,59 +269,6 @@ class Checkpoints:
         if self.procs.is_main:
             with ckpt_io.staged_dir(self.run_dir / MODEL_DIR) as tmp:
                 save_model(model, self.tokenizer, tmp)
-
-
-class Stepper:
-    """The optimizer step: AdamW (fused), the LR schedule, DDP; built after the methods attached, so
-    parameters they add are trained, and restored from ``ckpt`` when resuming."""
-
-    def __init__(
-        self, model: torch.nn.Module, methods: list[Method], state: TrainState, cfg: TrainConfig, spec: TaskSpec,
-        procs: Processes, batcher: Batcher, features: Sequence[dict], ckpt: Path | None,
-    ):
-        self.methods, self.state, self.cfg, self.spec = methods, state, cfg, spec
-        self.procs, self.batcher, self.features = procs, batcher, features
-        self.fwd_kwargs: dict[str, Any] = {}
-        for m in methods:
-            self.fwd_kwargs.update(m.forward_kwargs())
-        # fused AdamW: one kernel for all parameters (CPU: 0.16 s vs 0.7 s per MiniLM step, measured).
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=_fused_ok(model))
-        self.scheduler = state.lr_schedule.bind(optimizer)
-        self.ddp_model, self.optimizer = procs.accelerator.prepare(model, optimizer)
-        if ckpt:
-            ckpt_io.load_optimizer(ckpt, self.optimizer, self.scheduler)
-
-    def step(self, global_batch: list[int]) -> tuple[float, float]:
-        """One optimizer step on one global batch; returns (global mean loss, the LR used)."""
-        procs, state, methods = self.procs, self.state, self.methods
-        mine = procs.my_slice(global_batch)
-        # A process with no example of a tiny last batch still runs (DDP needs every process in the
-        # backward pass) on a stand-in example whose loss is multiplied by 0.
-        weight = 1.0 if mine else 0.0
-        feats = [self.features[i] for i in (mine or global_batch[:1])]
-        inputs, labels = self.batcher(feats)
-        state.batch = {**inputs, "labels": labels}
-        for m in methods:
-            m.on_step(state)
-        with torch.autocast(procs.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            outputs = self.ddp_model(**inputs, **self.fwd_kwargs)
-            # The task loss is a mean over this process's examples, like the methods' losses. Scaled by
-            # this process's share of the global batch, DDP's gradient mean over processes becomes the
-            # gradient of the mean over the global batch, also when the slices differ in size.
-            outputs.loss = task_loss_sum(outputs.logits, labels, self.spec) / len(feats)
-            state.outputs = outputs
-            extra = [term for m in methods if (term := m.loss(state)) is not None]
-            loss = (outputs.loss + sum(extra)) * (weight * len(feats) * procs.world / len(global_batch))
-        procs.accelerator.backward(loss)
-        if self.cfg.max_grad_norm is not None:
-            procs.accelerator.clip_grad_norm_(self.ddp_model.parameters(), self.cfg.max_grad_norm)
-        lr_used = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        for m in methods:
-            m.after_step(state)
-        return float(procs.accelerator.reduce(loss.detach(), reduction="mean")), lr_used
 
 
 def _heldout(

@@ -167,6 +167,25 @@ def _check_opset(opset: Any) -> int:
     return opset
 
 
+def _run_exporters(order: list[str], wrapper, args, names: list[str], path: Path, opset: int) -> str:
+    """Export with the first exporter of ``order`` that works; its name.
+
+    Raises:
+        RuntimeError: every exporter failed (the message carries each one's error).
+    """
+    import torch
+
+    errors: list[str] = []
+    for kind in order:
+        try:
+            with torch.no_grad():
+                (_export_torchscript if kind == "torchscript" else _export_dynamo)(wrapper, args, names, path, opset)
+            return kind
+        except Exception as e:  # noqa: BLE001 - any exporter failure: try the next one, report all
+            errors.append(f"{kind}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+    raise RuntimeError("ONNX export failed with every exporter; " + " | ".join(errors))
+
+
 def export_onnx(
     model,
     tokenizer,
@@ -222,22 +241,13 @@ def export_onnx(
     args = tuple(inputs[n] for n in names)
     wrapper = _LogitsOnly(net, names)
 
-    order = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
-    errors: list[str] = []
-    used = None
-    for kind in order:
-        try:
-            with torch.no_grad():
-                (_export_torchscript if kind == "torchscript" else _export_dynamo)(wrapper, args, names, path, opset)
-            used = kind
-            break
-        except Exception as e:  # noqa: BLE001 - any exporter failure: try the next one, report all
-            errors.append(f"{kind}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
-    if attn_before not in (None, "eager"):
-        net.set_attn_implementation(attn_before)
-    model.train(was_training)
-    if used is None:
-        raise RuntimeError("ONNX export failed with every exporter; " + " | ".join(errors))
+    try:
+        used = _run_exporters(["torchscript", "dynamo"] if exporter == "auto" else [exporter], wrapper, args, names,
+                              path, opset)
+    finally:
+        if attn_before not in (None, "eager"):
+            net.set_attn_implementation(attn_before)
+        model.train(was_training)
 
     info: dict[str, Any] = {
         "file": ONNX_FILE, "inputs": names, "output": "logits", "opset": opset, "exporter": used,

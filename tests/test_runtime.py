@@ -390,7 +390,7 @@ def test_every_file_is_json_safetensors_or_xz(packed_dir):
     assert all(f.endswith((".json", ".safetensors", ".xz")) for f in files)
     manifest = verify_packed(packed_dir)
     assert set(manifest["files"]) == set(files) - {"manifest.json"}
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2  # version 2: per-row bit widths (version 1 is still read)
 
 
 def test_tampered_file_is_rejected(packed_dir):

@@ -14,7 +14,10 @@ and config/tokenizer files):
    default. An exporter that stores them in fp16 must be matched with ``uncompressed_bits=16``.
 3. **Compressed weights** (CompressedLinear / CompressedEmbedding) at ``b`` bits (the quantizer's
    bits, or ``uncompressed_bits`` without a quantizer) and with mask ``M``, choose the smallest
-   valid encoding (ties: dense, rows, bitmask), each part padded to whole bytes:
+   valid encoding (ties: dense, rows, bitmask), each part padded to whole bytes. A quantizer with
+   several widths (``row_bits``, e.g. ``groupbits``) stores one stream per width, each padded, and
+   rows of 0 bits take nothing (no codes, no scales); the rule is
+   :func:`compactbert.export.format.encode.plan_storage`, the one the packer follows:
 
    * ``dense``:   ``ceil(numel * b / 8)`` + scales. Not valid when ``M`` removes entries and the
      quantizer has no zero level (binary).
@@ -41,14 +44,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .export.format.encode import ceil8, float_spec, plan_storage, quantizer_spec
 from .nn.compressed import CompressedLinear, is_compressed
-from .nn.quantizers import Quantizer
+from .nn.quant import Quantizer
 
 __all__ = ["size_report", "tensor_plan", "format_size_table"]
-
-
-def _ceil8(bits: int) -> int:
-    return (int(bits) + 7) // 8
 
 
 def tensor_plan(
@@ -57,7 +57,8 @@ def tensor_plan(
     quantizer: Quantizer | None = None,
     uncompressed_bits: int = 32,
 ) -> dict[str, Any]:
-    """The storage encoding and byte count of one weight (see the module docstring for the rule).
+    """The storage encoding and byte count of one weight (see the module docstring for the rule;
+    the rule itself is :func:`compactbert.export.format.encode.plan_storage`, which the writer uses).
 
     Args:
         weight: The weight, shape ``(rows, cols)`` (or any shape for unmasked tensors).
@@ -67,42 +68,20 @@ def tensor_plan(
 
     Returns:
         ``{"encoding": "dense" | "rows" | "bitmask", "bits", "params", "nnz", "sparsity", "bytes",
-        "kept_rows" (bool tensor or None), "kept_cols" (bool tensor or None)}``.
+        "kept_rows" (bool tensor or None), "kept_cols" (bool tensor or None)}``; ``bits`` is the
+        widest row's for a quantizer with several widths.
     """
     shape = tuple(weight.shape)
     numel = math.prod(shape)
-    b = quantizer.bits if quantizer is not None else uncompressed_bits
-
-    def scale_bytes(s: tuple[int, ...]) -> int:
-        return _ceil8(quantizer.scale_bits(s)) if quantizer is not None else 0
-
-    plan: dict[str, Any] = {"bits": b, "params": numel, "nnz": numel, "sparsity": 0.0,
-                            "kept_rows": None, "kept_cols": None}
-    options: list[tuple[int, str]] = []
-    has_holes = False
-    if mask is not None:
-        keep = mask.detach() != 0
-        nnz = int(keep.sum())
-        has_holes = nnz < numel
-        plan["nnz"] = nnz
-        plan["sparsity"] = 1.0 - nnz / numel if numel else 0.0
-    if not has_holes or quantizer is None or quantizer.represents_zero:
-        options.append((_ceil8(numel * b) + scale_bytes(shape), "dense"))
-    if has_holes:
-        if keep.dim() == 2:
-            rows, cols = keep.any(dim=1), keep.any(dim=0)  # (out,), (in,)
-            if torch.equal(keep, rows[:, None] & cols[None, :]):
-                r, c = int(rows.sum()), int(cols.sum())
-                nbytes = _ceil8(r * c * b) + _ceil8(shape[0]) + _ceil8(shape[1]) + scale_bytes((r, shape[1]))
-                options.append((nbytes, "rows"))
-                plan["kept_rows"], plan["kept_cols"] = rows, cols
-        options.append((_ceil8(numel) + _ceil8(plan["nnz"] * b) + scale_bytes(shape), "bitmask"))
-    order = {"dense": 0, "rows": 1, "bitmask": 2}
-    nbytes, enc = min(options, key=lambda o: (o[0], order[o[1]]))
-    plan["encoding"], plan["bytes"] = enc, nbytes
-    if enc != "rows":
-        plan["kept_rows"] = plan["kept_cols"] = None
-    return plan
+    if quantizer is not None:
+        spec = quantizer_spec(quantizer, shape)
+        bits = quantizer.bits
+    else:
+        spec, bits = float_spec(shape, uncompressed_bits), uncompressed_bits
+    plan = plan_storage(shape, mask, spec)
+    return {"encoding": plan.encoding, "bits": bits, "params": numel, "nnz": plan.nnz,
+            "sparsity": 1.0 - plan.nnz / numel if numel else 0.0, "bytes": plan.bytes,
+            "kept_rows": plan.kept_rows, "kept_cols": plan.kept_cols}
 
 
 def size_report(model: nn.Module, uncompressed_bits: int = 32) -> dict[str, Any]:
@@ -134,7 +113,7 @@ def size_report(model: nn.Module, uncompressed_bits: int = 32) -> dict[str, Any]
             if nbits:
                 act_entries.append({
                     "name": f"{name}.input_quantizer", "shape": [], "params": nbits // 16, "bits": 16,
-                    "sparsity": 0.0, "encoding": "scalar", "bytes": _ceil8(nbits),
+                    "sparsity": 0.0, "encoding": "scalar", "bytes": ceil8(nbits),
                 })
 
     tensors: list[dict[str, Any]] = []
@@ -159,11 +138,11 @@ def size_report(model: nn.Module, uncompressed_bits: int = 32) -> dict[str, Any]
             owner = biases.get(id(p))
             wplan = plans.get(id(owner)) if owner is not None else None
             numel = p.numel()
-            nbytes, enc = _ceil8(numel * uncompressed_bits), "dense"
+            nbytes, enc = ceil8(numel * uncompressed_bits), "dense"
             if wplan is not None and wplan["encoding"] == "rows":
                 dropped = ~wplan["kept_rows"]
                 if not bool((p.detach()[dropped] != 0).any()):
-                    nbytes, enc = _ceil8(int(wplan["kept_rows"].sum()) * uncompressed_bits), "rows"
+                    nbytes, enc = ceil8(int(wplan["kept_rows"].sum()) * uncompressed_bits), "rows"
             plan = {"bits": uncompressed_bits, "params": numel, "sparsity": 0.0, "encoding": enc, "bytes": nbytes}
         rows_out.append({
             "name": t["name"], "shape": list(p.shape), "params": plan["params"], "bits": plan["bits"],

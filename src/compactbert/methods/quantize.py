@@ -286,36 +286,38 @@ class Quantize(Method):
         return dict(self._layers)
 
 
+class XtcAlias(Quantize):
+    """Defaults shared by the XTC / Q8BERT aliases: 8-bit dynamic activations, word embeddings
+    quantized too (not a recipe type itself)."""
+
+    activations: Literal["dynamic8", "static8"] | None = "dynamic8"
+    embeddings: bool = True
+
+
 @register_method("binary")
-class BinaryQAT(Quantize):
+class BinaryQAT(XtcAlias):
     """XTC W1A8: binary weights (sign x mean|w| per row), 8-bit dynamic activations, word
     embeddings binary too. Same keys as ``quantize``; pair it with distillation."""
 
     type: Literal["binary"] = "binary"  # type: ignore[assignment]
     weight: Literal["binary"] = "binary"  # type: ignore[assignment]
-    activations: Literal["dynamic8", "static8"] | None = "dynamic8"
-    embeddings: bool = True
 
 
 @register_method("ternary")
-class TernaryQAT(Quantize):
+class TernaryQAT(XtcAlias):
     """XTC W2A8: ternary weights (TWN, per-row scale), 8-bit dynamic activations, word embeddings
     ternary too. Same keys as ``quantize``; pair it with distillation."""
 
     type: Literal["ternary"] = "ternary"  # type: ignore[assignment]
     weight: Literal["ternary"] = "ternary"  # type: ignore[assignment]
-    activations: Literal["dynamic8", "static8"] | None = "dynamic8"
-    embeddings: bool = True
 
 
 @register_method("int8")
-class Int8QAT(Quantize):
+class Int8QAT(XtcAlias):
     """W8A8 (Q8BERT / Combining Compressions' QAT): int8 per-row symmetric weights, 8-bit dynamic
     activations, word embeddings int8 too. Same keys as ``quantize`` (``bits`` is fixed to 8)."""
 
     type: Literal["int8"] = "int8"  # type: ignore[assignment]
     weight: Literal["int"] = "int"  # type: ignore[assignment]
     bits: Literal[8] = 8  # type: ignore[assignment]
-    activations: Literal["dynamic8", "static8"] | None = "dynamic8"
-    embeddings: bool = True
 

@@ -19,6 +19,13 @@ default: its products become oneDNN int8 linears on the integer codes (AMX/VNNI;
 sums, then the weight-row and token scales), the rest runs in float32, and it predicts what the
 training-time model predicts. ``act_quant="off"`` (or ``dtype="bf16"``) drops them for the bf16
 path: faster, but such a model then sees full-precision activations.
+
+A sentence-embedding model (packed from a bare encoder, no classification head) is used through
+:meth:`PackedModel.encode`, which runs the last layer on every token and pools as the model's
+sentence-transformers config said at export (mean over the attention mask, L2-normalised, by
+default)::
+
+    emb = load("out/minilm-packed").encode(["a fine film", "a good movie"], batch_size=32)  # (2, 384)
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..embedding.pooling import DEFAULT_POOLING, Pooling, pool, pooling_from_dict
 from .. import defaults as D
 from ..errors import UserError
 from .encoder import LeanEncoder
@@ -70,6 +78,8 @@ class PackedModel:
         self.act_quant = act_quant
         self.num_labels = int(config["num_labels"])
         self.id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
+        pooling = config.get("pooling")
+        self.pooling: Pooling = pooling_from_dict(pooling, f"{path}/config.json") if pooling else DEFAULT_POOLING
 
     def __repr__(self) -> str:
         c = self.config
@@ -84,7 +94,9 @@ class PackedModel:
                    "(AMX / AVX512-BF16)")
         else:
             how = "torch F.linear (MKL)"
-        parts = [f"compactbert runtime: {self.dtype} weights, {how}, SDPA flash attention, [CLS]-only last layer"]
+        last = ("[CLS]-only last layer" if self.encoder.head_out is not None
+                else f"embedding model ({self.pooling.mode} pooling{', normalised' if self.pooling.normalize else ''})")
+        parts = [f"compactbert runtime: {self.dtype} weights, {how}, SDPA flash attention, {last}"]
         n_int8 = sum(isinstance(m, Int8Linear) for m in self.encoder.modules())
         if n_int8:
             parts.append(f"{n_int8} linears as oneDNN int8 qlinear (AMX/VNNI) with exact 8-bit activation "
@@ -125,6 +137,9 @@ class PackedModel:
             UserError: shapes that do not match, ids outside the vocabulary, or inputs longer than
                 the model's positions.
         """
+        if self.encoder.head_out is None:
+            raise UserError(f"packed model {str(self.path)!r} is an embedding model without a classification "
+                            "head; use .encode(sentences) for its sentence embeddings")
         ids = self._ids(input_ids, "input_ids")
         mask = self._ids(attention_mask, "attention_mask")
         tt = self._ids(token_type_ids, "token_type_ids")
@@ -178,6 +193,67 @@ class PackedModel:
             enc = self.tokenizer(a, b, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
             out.append(self(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")))
         return torch.cat(out) if out else torch.zeros(0, self.num_labels)
+
+
+    def encode(self, sentences: Sequence[str] | str, batch_size: int = 32, max_length: int | None = None,
+               normalize: bool | None = None) -> torch.Tensor:
+        """Sentence embeddings, (len(sentences), hidden) float32, pooled as :attr:`pooling` says.
+
+        The last layer runs on every token (not ``[CLS]`` only) and no head runs, so any packed
+        model can be encoded; an embedding model is packed without a head. Sentences run in
+        length-sorted batches (little padding) and come back in their own order.
+
+        Args:
+            sentences: a list of strings (one string is a list of one).
+            batch_size: sentences per forward pass.
+            max_length: tokenizer truncation (default: the pooling config's ``max_seq_length``, else
+                128), capped at the model's positions.
+            normalize: L2-normalise (default: the pooling config's; True for all-MiniLM-L6-v2).
+
+        Raises:
+            UserError: no tokenizer, a sentence that is not a string, or a bad ``batch_size``.
+        """
+        if self.tokenizer is None:
+            raise UserError(f"packed model {str(self.path)!r} has no tokenizer; it cannot encode text")
+        if isinstance(sentences, str):
+            sentences = [sentences]
+        bad = next((i for i, x in enumerate(sentences) if not isinstance(x, str)), None)
+        if bad is not None:
+            raise UserError(f"sentences[{bad}] is a {type(sentences[bad]).__name__}; expected a list of strings")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size={batch_size!r} is not valid; valid: a positive integer")
+        p = self.pooling
+        if normalize is not None:
+            p = Pooling(p.mode, bool(normalize), p.max_seq_length, p.source)
+        if len(sentences) == 0:
+            return torch.zeros(0, self.encoder.hidden)
+        length = min(int(max_length or p.max_seq_length or 128), self.encoder.max_positions)
+        enc = self.tokenizer(list(sentences), truncation=True, max_length=length)
+        keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
+        feats = [{k: enc[k][i] for k in keys} for i in range(len(sentences))]
+        order = sorted(range(len(feats)), key=lambda i: len(feats[i]["input_ids"]))
+        out = torch.zeros(len(feats), self.encoder.hidden)
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                ids, mask, types = self._batch([feats[i] for i in idx])
+                states = self.encoder.token_states(ids, None if bool(mask.all()) else mask, types)
+                out[idx] = pool(states, mask, p)
+        return out
+
+    def _batch(self, feats: list[dict[str, list[int]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-padded (ids, attention mask, token types) of tokenized sentences."""
+        width = max(len(f["input_ids"]) for f in feats)
+        ids = torch.full((len(feats), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((len(feats), width), dtype=torch.long)
+        types = torch.zeros((len(feats), width), dtype=torch.long)
+        for r, f in enumerate(feats):
+            n = len(f["input_ids"])
+            ids[r, :n] = torch.tensor(f["input_ids"])
+            mask[r, :n] = 1
+            if "token_type_ids" in f:
+                types[r, :n] = torch.tensor(f["token_type_ids"])
+        return ids, mask, types
 
 
 def load(path: str | os.PathLike, dtype: str = "auto", threads: int | None = None, act_quant: str = "auto",

@@ -8,7 +8,9 @@ Compared with running the Hugging Face module in bf16 it:
   physically absent; a layer with no head or no neuron left adds only its constant bias);
 * in the last layer computes only the ``[CLS]`` row after the attention's keys and values (the
   classifier reads nothing else), which saves ~1/num_layers of the work;
-* runs the small classification head in float32.
+* runs the small classification head in float32;
+* for a sentence-embedding model (packed without a head), :meth:`LeanEncoder.token_states` returns
+  every token's last-layer state, for the pooling to read.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ class LeanEncoder(nn.Module):
         tensors: Canonical name -> float32 tensor (``layer.0.attn.q.weight`` ...).
         dtype: Compute dtype: ``torch.bfloat16`` or ``torch.float32``.
         backend: ``"mkldnn"`` or ``"torch"`` (see :class:`~.kernels.Linear`).
-        act_quant: Canonical linear name -> ``{"spec", "scale", "zero_point"}``: activation
-            quantizers to emulate, or None to run without them.
+        act_quant: Canonical linear name -> ``{"spec", "params"}`` (``PackedWeights.act_quant``):
+            activation quantizers to emulate, or None to run without them.
         vocab_map: (original vocab,) old token id -> embedding row, after vocabulary pruning.
         int8_codes: Weight name -> (int8 levels, per-row scales) (``PackedWeights.row_codes``): a
             linear with a symmetric activation quantizer and such a weight runs as an exact
@@ -83,11 +85,10 @@ class LeanEncoder(nn.Module):
 
         def act_quant_of(name: str) -> ActQuant | None:
             spec = aq.get(name)
-            return ActQuant(spec["spec"], spec.get("scale"), spec.get("zero_point")) if spec else None
+            return ActQuant(spec["spec"], spec.get("params")) if spec else None
 
         def int8_ok(name: str, quant: ActQuant | None) -> bool:
-            return (quant is not None and f"{name}.weight" in codes and quant.symmetric
-                    and quant.zero_point is None and quant.qmax <= 127)
+            return quant is not None and f"{name}.weight" in codes and quant.exact_int8
 
         def lin(name: str, dt: torch.dtype | None = None, backend: str | None = None) -> Linear | Int8Linear:
             quant = act_quant_of(name)
@@ -113,8 +114,7 @@ class LeanEncoder(nn.Module):
             qkv = q = k = v = o = None
             o_const = None
             if heads > 0:
-                keys = {(ActQuant(aq[n]["spec"], aq[n].get("scale"), aq[n].get("zero_point")).key() if n in aq else None)
-                        for n in (f"{p}.attn.q", f"{p}.attn.k", f"{p}.attn.v")}
+                keys = {(act_quant_of(n).key() if n in aq else None) for n in (f"{p}.attn.q", f"{p}.attn.k", f"{p}.attn.v")}
                 if len(keys) == 1:
                     bs = [tensors.get(f"{p}.attn.{n}.bias") for n in "qkv"]
                     b = torch.cat([x if x is not None else torch.zeros(heads * self.head_dim) for x in bs])
@@ -144,11 +144,11 @@ class LeanEncoder(nn.Module):
                 up, down, down_const,
                 (t(f"{p}.ffn.ln.weight").to(dtype), t(f"{p}.ffn.ln.bias").to(dtype)),
             ))
-        # classification head: tiny, float32
-        head = config["head"]
-        self.head_act = head.get("activation")
+        # classification head: tiny, float32 (None for an embedding model packed without one)
+        head = config.get("head")
+        self.head_act = head.get("activation") if head else None
         self.head_dense = lin("head.dense", torch.float32, "torch") if "head.dense.weight" in tensors else None
-        self.head_out = lin("head.out", torch.float32, "torch")
+        self.head_out = lin("head.out", torch.float32, "torch") if head else None
 
     # ------------------------------------------------------------------ pieces
     def _embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
@@ -200,7 +200,28 @@ class LeanEncoder(nn.Module):
         hmid = lay.up(x, activation=self.act)  # (rows, ffn)
         return self._ln(lay.down(hmid, residual=x), lay.ln2_w, lay.ln2_b)
 
+    def _additive_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        # (batch, seq) 1/0 -> (batch, 1, 1, seq): 0 for tokens, the dtype's minimum for padding
+        if attention_mask is None:
+            return None
+        keep = attention_mask.bool()[:, None, None, :]
+        mask = torch.zeros(keep.shape, dtype=self.dtype, device=keep.device)
+        return mask.masked_fill(~keep, torch.finfo(self.dtype).min)
+
     # ------------------------------------------------------------------ forward
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                     token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Last-layer states of every token, (batch, seq, hidden) float32: what sentence embeddings pool.
+
+        Unlike :meth:`forward`, the last layer computes all tokens (not only ``[CLS]``) and no head runs.
+        """
+        b, s = input_ids.shape
+        mask = self._additive_mask(attention_mask)
+        x = self._embed(input_ids, token_type_ids)  # (batch * seq, hidden)
+        for lay in self.layers:
+            x = self._layer(lay, x, b, s, mask, last=False)
+        return x.view(b, s, self.hidden).float()
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (batch, num_labels), float32.
@@ -211,11 +232,7 @@ class LeanEncoder(nn.Module):
             token_type_ids: (batch, seq) or None (zeros).
         """
         b, s = input_ids.shape
-        mask = None
-        if attention_mask is not None:
-            keep = attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, seq)
-            mask = torch.zeros(keep.shape, dtype=self.dtype, device=keep.device)
-            mask = mask.masked_fill(~keep, torch.finfo(self.dtype).min)
+        mask = self._additive_mask(attention_mask)
         x = self._embed(input_ids, token_type_ids)  # (batch * seq, hidden)
         n = len(self.layers)
         if n == 0:

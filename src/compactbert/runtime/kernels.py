@@ -50,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.quantizers import dynamic_act_codes, run_compiled
+from ..nn.quant import ActivationQuantizer, quantizer_class
+from ..nn.quant.ops import run_compiled
 
 __all__ = ["cpu_has_native_bf16", "mkldnn_available", "onednn_int8_available", "Linear", "Int8Linear", "ActQuant",
            "activation_fn"]
@@ -113,42 +114,38 @@ def activation_fn(name: str):
 
 
 class ActQuant:
-    """Emulates a training-time activation quantizer exactly (fake quantization in float32).
+    """A packed activation quantizer as the runtime runs it: the training-time quantizer kind itself,
+    rebuilt frozen from what the packed model stored (:meth:`~compactbert.nn.quant.base.ActivationQuantizer.from_packed`),
+    so results are bitwise those of training.
 
-    ``spec["kind"]`` is ``"dynamic_act"`` (per-token symmetric, scale = max|x| / qmax) or
-    ``"static_act"`` (calibrated scale and zero point). The arithmetic follows
-    :mod:`compactbert.nn.quantizers` operation by operation, so results are bitwise equal.
+    Args:
+        spec: The quantizer's spec (with ``kind``).
+        params: What it stored (a static range: ``scale``, ``zero_point``), float32 tensors.
     """
 
-    def __init__(self, spec: dict[str, Any], scale: torch.Tensor | None = None, zero_point: torch.Tensor | None = None):
-        self.kind = spec["kind"]
-        bits = int(spec["bits"])
-        self.symmetric = bool(spec.get("symmetric", True))
-        self.qmax = 2 ** (bits - 1) - 1 if self.symmetric else 2**bits - 1
-        self.qmin = -self.qmax if self.symmetric else 0
-        self.scale = scale.reshape(()).float() if scale is not None else None
-        self.zero_point = zero_point.reshape(()).float() if zero_point is not None else None
-        if self.kind not in ("dynamic_act", "static_act"):
-            raise ValueError(f"unknown activation quantizer {self.kind!r}")
+    def __init__(self, spec: dict[str, Any], params: dict[str, torch.Tensor] | None = None):
+        kw = dict(spec)
+        cls = quantizer_class(kw.pop("kind"), "activation quantizer kind")
+        if not issubclass(cls, ActivationQuantizer):
+            raise ValueError(f"{cls.kind!r} is not an activation quantizer")
+        self.quantizer = cls.from_packed(kw, params or {})
+        self.kind = cls.kind
 
     def key(self) -> tuple:
         """Equal keys quantize equal inputs equally (so Q/K/V can share one quantized input)."""
-        s = float(self.scale) if self.scale is not None else None
-        z = float(self.zero_point) if self.zero_point is not None else None
-        return (self.kind, self.qmax, self.symmetric, s, z)
+        return self.quantizer.runtime_key()
+
+    @property
+    def exact_int8(self) -> bool:
+        """Whether :meth:`int8_codes` gives this quantization as int8 codes times a scale."""
+        return self.quantizer.int8_exact
+
+    def int8_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.quantizer.int8_codes(x)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        if self.kind == "dynamic_act":
-            codes, scale = dynamic_act_codes(xf, self.qmax)
-            out = codes * scale
-        else:
-            v = xf / self.scale
-            if self.zero_point is not None:
-                v = v + self.zero_point
-            codes = torch.round(v.clamp(self.qmin, self.qmax))
-            out = (codes - self.zero_point if self.zero_point is not None else codes) * self.scale
-        return out.to(x.dtype)
+        with torch.no_grad():
+            return self.quantizer(x)
 
 
 class Linear(nn.Module):
@@ -198,17 +195,6 @@ class Linear(nn.Module):
 
 
 # ----------------------------------------------------------------------------- exact int8 products
-def _quant_dynamic(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token codes (int8) and scales (tokens, 1), exactly as ``DynamicActQuantizer``."""
-    codes, scale = dynamic_act_codes(x, qmax)
-    return codes.to(torch.int8), scale
-
-
-def _quant_static(x: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
-    """Codes (int8) with one calibrated symmetric scale, exactly as ``StaticActQuantizer``."""
-    return torch.round((x.float() / scale).clamp(-qmax, qmax)).to(torch.int8)
-
-
 def _epilogue(y: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, act: str | None,
               residual: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     y = y * scale
@@ -243,8 +229,8 @@ class Int8Linear(nn.Module):
     def __init__(self, levels: torch.Tensor, row_scales: torch.Tensor, bias: torch.Tensor | None, act_quant: ActQuant,
                  out_dtype: torch.dtype):
         super().__init__()
-        if act_quant.kind == "static_act" and act_quant.zero_point is not None:
-            raise ValueError("Int8Linear needs symmetric activation quantization")
+        if not act_quant.exact_int8:
+            raise ValueError("Int8Linear needs symmetric activation quantization of at most 8 bits")
         self.out_features, self.in_features = levels.shape
         self.act_quant = act_quant
         self.out_dtype = out_dtype
@@ -254,12 +240,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", bias.float().contiguous() if bias is not None else None)
 
     def forward(self, x: torch.Tensor, activation: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
-        aq = self.act_quant
-        if aq.kind == "dynamic_act":
-            codes, scale = run_compiled(_quant_dynamic, True, x, aq.qmax, dynamic=True)
-        else:
-            scale = aq.scale
-            codes = run_compiled(_quant_static, True, x, scale, aq.qmax, dynamic=True)
+        codes, scale = self.act_quant.int8_codes(x)  # (tokens, 1) or one scale
         acc = torch.ops.onednn.qlinear_pointwise(  # (tokens, out) = (codes @ levels^T) * row_scales
             codes, 1.0, 0, self.packed, self.w_scales, self.w_zero, None, 1.0, 0, torch.float32, "none", [], "")
         return run_compiled(_epilogue, True, acc, scale, self.bias, activation, residual, self.out_dtype, dynamic=True)

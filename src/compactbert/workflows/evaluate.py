@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import defaults as D
+from ..embedding.evaluate import evaluate_embedding, is_embedding_task
 from ..errors import UserError
 from ..loading import has_classification_head, load_for_task, load_saved, read_model_config
 from ..runs import EVAL_FILE, PACKED, RECIPE_FILE, RUN, Target, open_path
@@ -99,6 +100,11 @@ def evaluate(
         target.model_dir()  # a run without a model fails here, before the data is read
     if task is None:
         raise UserError(f"no task given for {str(path)!r}; pass --task (e.g. sst2, mnli, rt)")
+    if is_embedding_task(task):  # stsb-embed: cosine similarity of sentence embeddings, no head
+        out_path = result_path(target, out)
+        result = evaluate_embedding(path, task, data, split, max_eval_samples, batch_size, max_seq_length)
+        _write_result(out_path, result)
+        return result
     spec = get_task(task)
     split = normalize_split(spec, split or spec.eval_splits[0])
     out_path = result_path(target, out)
@@ -112,6 +118,11 @@ def evaluate(
         examples = load_examples(spec, split, data, max_eval_samples, D.SUBSET_SEED)
         metrics = _model_metrics(target, spec, examples, seq, bs, bf16, cfg)
     result = {"task": spec.name, "split": split, "n": len(examples), "metrics": metrics}
+    _write_result(out_path, result)
+    return result
+
+
+def _write_result(out_path: Path | None, result: dict[str, Any]) -> None:
     if out_path is not None:
         from ..train.checkpoint import atomic_write_json
 
@@ -119,7 +130,6 @@ def evaluate(
             atomic_write_json(out_path, result)
         except OSError as e:
             raise UserError(f"cannot write {str(out_path)!r}: {e.strerror or e}") from None
-    return result
 
 
 def result_path(target: Target, out: str | os.PathLike | None) -> Path | None:

@@ -33,6 +33,7 @@ __all__ = [
     "WeightQuantizer",
     "ActivationQuantizer",
     "IntRange",
+    "spec_of",
     "register_quantizer",
     "quantizer_class",
     "quantizer_kinds",
@@ -243,10 +244,15 @@ class ActivationQuantizer(Quantizer):
         """Equal keys quantize equal inputs equally (the runtime shares one quantized input)."""
         return (self.kind, tuple(sorted(self.spec().items())))
 
-    def int8_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(int8 codes, scale) with ``fake(x) == codes * scale`` for symmetric 8-bit-or-less
-        quantization (scale per token ``(tokens, 1)`` or a scalar); None when not of that form."""
-        return None
+    @property
+    def int8_exact(self) -> bool:
+        """Whether :meth:`int8_codes` gives this quantization exactly (symmetric, at most 8 bits)."""
+        return False
+
+    def int8_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(int8 codes, scale) with ``self(x) == codes * scale`` (scale per token ``(tokens, 1)`` or a
+        scalar), for a quantizer that is :attr:`int8_exact`."""
+        raise NotImplementedError(f"{self.kind} activations have no exact int8 codes")
 
 
 class IntRange:
@@ -266,6 +272,11 @@ class IntRange:
 
     def code_range(self) -> tuple[int, int]:
         return self.qmin, self.qmax
+
+
+def spec_of(q: Quantizer, *keys: str) -> dict[str, Any]:
+    """``{"kind": q.kind, key: q.<key>, ...}``: a :meth:`Quantizer.spec` made of constructor arguments."""
+    return {"kind": q.kind, **{k: getattr(q, k) for k in keys}}
 
 
 # ----------------------------------------------------------------------------- registry

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...errors import UserError
-
 __all__ = ["ScaleLayout", "Codes", "LAYOUTS", "bit_runs", "bits_from_runs"]
 
 LAYOUTS = ("tensor", "row", "group")
@@ -145,7 +143,7 @@ def bits_from_runs(runs, rows: int, where: str = "row_bits") -> torch.Tensor:
         isinstance(x, list) and len(x) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in x)
         and 0 <= x[0] <= 8 and x[1] >= 1 for x in runs)
     if not ok or sum(x[1] for x in runs) != rows:
-        raise UserError(f"{where}: {str(runs)[:80]} is not a list of [bits 0..8, count] runs covering {rows} rows")
+        raise ValueError(f"{where}: {str(runs)[:80]} is not a list of [bits 0..8, count] runs covering {rows} rows")
     if not runs:
         return torch.zeros(0, dtype=torch.int64)
     return torch.cat([torch.full((n,), b, dtype=torch.int64) for b, n in runs])

@@ -80,5 +80,9 @@ class DynamicActQuantizer(ActivationQuantizer):
     def dequantize(self, ints, scales, zero_points, shape):
         return (ints.float() * scales.float().unsqueeze(-1)).reshape(shape)
 
+    @property
+    def int8_exact(self) -> bool:
+        return True
+
     def int8_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return run_compiled(_dynamic_int8, True, x, self.qmax, dynamic=True)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ...errors import UserError, did_you_mean
-from .base import IntRange, WeightQuantizer, register_quantizer
+from .base import IntRange, WeightQuantizer, register_quantizer, spec_of
 from .codes import LAYOUTS, Codes, ScaleLayout
 from .ops import MIN_STEP, StraightThrough, check_bits, fp16_values, rows_cols, scale_grad, ste
 
@@ -96,14 +96,7 @@ class IntQuantizer(IntRange, WeightQuantizer):
         return f"int{bits} weights ({how}{', learned step' if options['learned_step'] else ''})"
 
     def spec(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "bits": self.bits,
-            "symmetric": self.symmetric,
-            "granularity": self.granularity,
-            "group_size": self.group_size,
-            "learned_step": self.learned_step,
-        }
+        return spec_of(self, "bits", "symmetric", "granularity", "group_size", "learned_step")
 
     @property
     def row_local(self) -> bool:

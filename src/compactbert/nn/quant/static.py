@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ...errors import UserError, did_you_mean
-from .base import ActivationQuantizer, IntRange, register_quantizer
+from .base import ActivationQuantizer, IntRange, register_quantizer, spec_of
 from .ops import MIN_STEP, StraightThroughClipped, check_bits, fp16_values, run_compiled
 
 __all__ = ["StaticActQuantizer", "calibration", "static_act_fake"]
@@ -80,13 +80,7 @@ class StaticActQuantizer(IntRange, ActivationQuantizer):
         self.register_buffer("num_batches", torch.tensor(0, dtype=torch.long))
 
     def spec(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "bits": self.bits,
-            "symmetric": self.symmetric,
-            "observer": self.observer,
-            "percentile": self.percentile,
-        }
+        return spec_of(self, "bits", "symmetric", "observer", "percentile")
 
     @property
     def calibrated(self) -> bool:
@@ -195,10 +189,14 @@ class StaticActQuantizer(IntRange, ActivationQuantizer):
         scale, zp = self._scale_zp()
         return (self.kind, self.qmax, self.symmetric, float(scale), float(zp) if zp is not None else None)
 
-    def int8_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    @property
+    def int8_exact(self) -> bool:
+        return self.symmetric
+
+    def int8_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scale, zp = self._scale_zp()
-        if zp is not None or self.bits > 8:
-            return None
+        if zp is not None:
+            raise ValueError("asymmetric static activations have no exact int8 codes")
         return run_compiled(_static_int8, True, x, scale, self.qmax, dynamic=True), scale
 
 

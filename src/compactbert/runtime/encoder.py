@@ -43,6 +43,66 @@ class _Layer(nn.Module):
         self.register_buffer("ln2_b", ln2[1])
 
 
+class _Builder:
+    """Builds the runtime's linears from decoded tensors: fused Q/K/V where the three share their
+    input quantization, exact int8 products where the weight has integer levels and the input
+    quantizer gives int8 codes."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], aq: dict[str, dict[str, Any]],
+                 codes: dict[str, tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype, backend: str,
+                 hidden: int, head_dim: int):
+        self.tensors, self.aq, self.codes = tensors, aq, codes
+        self.dtype, self.backend, self.hidden, self.head_dim = dtype, backend, hidden, head_dim
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    def act_quant_of(self, name: str) -> ActQuant | None:
+        spec = self.aq.get(name)
+        return ActQuant(spec["spec"], spec.get("params")) if spec else None
+
+    def int8_ok(self, name: str, quant: ActQuant | None) -> bool:
+        return quant is not None and f"{name}.weight" in self.codes and quant.exact_int8
+
+    def lin(self, name: str, dt: torch.dtype | None = None, backend: str | None = None) -> Linear | Int8Linear:
+        quant = self.act_quant_of(name)
+        bias = self.tensors.get(f"{name}.bias")
+        if self.int8_ok(name, quant):
+            levels, scales = self.codes[f"{name}.weight"]
+            return Int8Linear(levels, scales, bias, quant, dt or self.dtype)
+        return Linear(self.tensor(f"{name}.weight"), bias, dt or self.dtype, backend or self.backend, quant)
+
+    def _constant(self, name: str) -> torch.Tensor:
+        bias = self.tensors.get(name)
+        return (bias if bias is not None else torch.zeros(self.hidden)).to(self.dtype)
+
+    def attention(self, p: str, heads: int) -> tuple:
+        """(qkv, q, k, v, o, o_const) of layer prefix ``p``: a fused QKV linear, or three, or none."""
+        if heads == 0:
+            return None, None, None, None, None, self._constant(f"{p}.attn.o.bias")
+        names = [f"{p}.attn.{n}" for n in "qkv"]
+        keys = {(self.act_quant_of(n).key() if n in self.aq else None) for n in names}
+        if len(keys) != 1:
+            q, k, v = (self.lin(n) for n in names)
+            return None, q, k, v, self.lin(f"{p}.attn.o"), None
+        bs = [self.tensors.get(f"{n}.bias") for n in names]
+        b = torch.cat([x if x is not None else torch.zeros(heads * self.head_dim) for x in bs])
+        quant = self.act_quant_of(names[0])
+        if all(self.int8_ok(n, quant) for n in names):
+            parts = [self.codes[f"{n}.weight"] for n in names]
+            qkv = Int8Linear(torch.cat([c[0] for c in parts]), torch.cat([c[1] for c in parts]), b, quant, self.dtype)
+        else:
+            w = torch.cat([self.tensor(f"{n}.weight") for n in names])  # (3 * heads * d, hidden)
+            qkv = Linear(w, b, self.dtype, self.backend, quant)
+        return qkv, None, None, None, self.lin(f"{p}.attn.o"), None
+
+    def ffn(self, p: str, width: int) -> tuple:
+        """(up, down, down_const) of layer prefix ``p``."""
+        if width == 0:
+            return None, None, self._constant(f"{p}.ffn.down.bias")
+        return self.lin(f"{p}.ffn.up"), self.lin(f"{p}.ffn.down"), None
+
+
 class LeanEncoder(nn.Module):
     """Sequence-classification forward over dense weights.
 
@@ -76,27 +136,8 @@ class LeanEncoder(nn.Module):
         self.position_style = config.get("position_style", "absolute")
         self.position_offset = self.pad_id + 1 if self.position_style == "roberta" else 0
         self.register_buffer("vocab_map", vocab_map)
-        aq = act_quant or {}
-
-        def t(name: str) -> torch.Tensor:
-            return tensors[name]
-
-        codes = int8_codes or {}
-
-        def act_quant_of(name: str) -> ActQuant | None:
-            spec = aq.get(name)
-            return ActQuant(spec["spec"], spec.get("params")) if spec else None
-
-        def int8_ok(name: str, quant: ActQuant | None) -> bool:
-            return quant is not None and f"{name}.weight" in codes and quant.exact_int8
-
-        def lin(name: str, dt: torch.dtype | None = None, backend: str | None = None) -> Linear | Int8Linear:
-            quant = act_quant_of(name)
-            bias = tensors.get(f"{name}.bias")
-            if int8_ok(name, quant):
-                levels, scales = codes[f"{name}.weight"]
-                return Int8Linear(levels, scales, bias, quant, dt or dtype)
-            return Linear(t(f"{name}.weight"), bias, dt or dtype, backend or self.backend, quant)
+        build = _Builder(tensors, act_quant or {}, int8_codes or {}, dtype, backend, self.hidden, self.head_dim)
+        t, lin = build.tensor, build.lin
 
         # embeddings: tables in the compute dtype; sum and LayerNorm in float32
         self.register_buffer("word", t("emb.word.weight").to(dtype))
@@ -111,37 +152,10 @@ class LeanEncoder(nn.Module):
         self.layers = nn.ModuleList()
         for i, (heads, width) in enumerate(zip(config["heads_per_layer"], config["ffn_per_layer"])):
             p = f"layer.{i}"
-            qkv = q = k = v = o = None
-            o_const = None
-            if heads > 0:
-                keys = {(act_quant_of(n).key() if n in aq else None) for n in (f"{p}.attn.q", f"{p}.attn.k", f"{p}.attn.v")}
-                if len(keys) == 1:
-                    bs = [tensors.get(f"{p}.attn.{n}.bias") for n in "qkv"]
-                    b = torch.cat([x if x is not None else torch.zeros(heads * self.head_dim) for x in bs])
-                    quant = act_quant_of(f"{p}.attn.q")
-                    if all(int8_ok(f"{p}.attn.{n}", quant) for n in "qkv"):
-                        parts = [codes[f"{p}.attn.{n}.weight"] for n in "qkv"]
-                        qkv = Int8Linear(torch.cat([c[0] for c in parts]), torch.cat([c[1] for c in parts]), b,
-                                         quant, dtype)
-                    else:
-                        w = torch.cat([t(f"{p}.attn.{n}.weight") for n in "qkv"])  # (3 * heads * d, hidden)
-                        qkv = Linear(w, b, dtype, self.backend, quant)
-                else:
-                    q, k, v = (lin(f"{p}.attn.{n}") for n in "qkv")
-                o = lin(f"{p}.attn.o")
-            else:
-                bias = tensors.get(f"{p}.attn.o.bias")
-                o_const = (bias if bias is not None else torch.zeros(self.hidden)).to(dtype)
-            up = down = down_const = None
-            if width > 0:
-                up, down = lin(f"{p}.ffn.up"), lin(f"{p}.ffn.down")
-            else:
-                bias = tensors.get(f"{p}.ffn.down.bias")
-                down_const = (bias if bias is not None else torch.zeros(self.hidden)).to(dtype)
             self.layers.append(_Layer(
-                int(heads), qkv, q, k, v, o, o_const,
+                int(heads), *build.attention(p, int(heads)),
                 (t(f"{p}.attn.ln.weight").to(dtype), t(f"{p}.attn.ln.bias").to(dtype)),
-                up, down, down_const,
+                *build.ffn(p, int(width)),
                 (t(f"{p}.ffn.ln.weight").to(dtype), t(f"{p}.ffn.ln.bias").to(dtype)),
             ))
         # classification head: tiny, float32 (None for an embedding model packed without one)

@@ -157,3 +157,13 @@ def test_quantize_method_groupbits_keys_are_checked():
     with pytest.raises(UserError, match="row_group_size=12 does not divide the 32 rows"):
         quantize_method(weight="groupbits", row_group_size=12).attach(TrainState(model=model))
     assert not compressed_modules(model)
+
+
+def test_recipe_round_trip_keeps_weight_null():
+    from compactbert.recipe import Recipe
+
+    stage = {"epochs": 1, "methods": [{"type": "quantize", "weight": None, "activations": "dynamic8"}]}
+    recipe = Recipe.from_dict({"stages": [stage]})
+    again = Recipe.from_yaml(recipe.to_yaml())
+    assert again.stages[0].methods[0].weight is None and again == recipe
+    assert "weight: null" in recipe.to_yaml() and "bits:" not in recipe.to_yaml()

@@ -124,7 +124,10 @@ class Recipe(BaseModel):
 
     # ------------------------------------------------------------------ saving
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
+        out = self.model_dump(mode="json", exclude_none=True)
+        for st_out, st in zip(out["stages"], self.stages):
+            st_out["methods"] = [_method_dict(m) for m in st.methods]
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -212,6 +215,15 @@ def _stage_with_methods(st: Any, i: int, source: str, lines: "_LineIndex") -> di
             raise UserError(f"{lines.where(path, source)}: {_dotted(path)}: {e}") from None
     st["methods"] = methods
     return st
+
+
+def _method_dict(m: Method) -> dict[str, Any]:
+    """A method's keys without ``None`` values, except a ``None`` that is not the key's default
+    (``quantize``'s ``weight: null``): dropping it would read back as the default."""
+    fields = type(m).model_fields
+    kept = m.model_dump(mode="json", exclude_none=True)
+    full = m.model_dump(mode="json")
+    return {k: kept.get(k) for k in full if k in kept or fields[k].default is not None}
 
 
 def _dotted(path: tuple) -> str:

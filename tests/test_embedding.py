@@ -244,3 +244,16 @@ def test_stsb_embed_bad_inputs_are_one_clear_line(tmp_path, capsys):
         evaluate_embedding("minilm-l6", "mnli-embed")
     with pytest.raises(UserError, match=r"unknown split 'val2' for task stsb"):
         evaluate_embedding("minilm-l6", data=GLUE, split="val2")
+
+
+def test_cli_export_of_the_embedded_model_is_a_headless_embedding_model(minilm, tmp_path, capsys):
+    """`compactbert export minilm-l6`: a sentence-transformers folder without a trained head is
+    packed as its bare encoder with its pooling (fp16 weights by default)."""
+    from compactbert.runtime import load
+
+    assert main(["export", "minilm-l6", "--out", str(tmp_path / "p")]) == 0, capsys.readouterr().err
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert cfg["head"] is None and cfg["pooling"] == {"mode": "mean", "normalize": True, "max_seq_length": 256}
+    m = load(tmp_path / "p", dtype="fp32")
+    assert m.pooling.mode == "mean" and "embedding model (mean pooling, normalised)" in m.describe()
+    assert (m.encode(SENTENCES) * _reference(minilm, SENTENCES)).sum(dim=1).min() > 0.9999  # fp16 weights

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from ..errors import UserError
 from .pooling import DEFAULT_POOLING, Pooling, pool, read_pooling
 
-__all__ = ["HFSentenceEncoder", "open_encoder", "find_pooling"]
+__all__ = ["HFSentenceEncoder", "open_encoder", "find_pooling", "embedding_model_pooling"]
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -97,6 +97,17 @@ def find_pooling(target, depth: int = 4) -> Pooling:
             break
         target = open_path(source)
     return DEFAULT_POOLING
+
+
+def embedding_model_pooling(folder: str | os.PathLike) -> Pooling | None:
+    """The pooling of a sentence-embedding model folder: one with a sentence-transformers config
+    (``modules.json``) and no trained classification head. None for anything else (a classifier)."""
+    from ..loading import config_json, has_classification_head
+
+    cfg = config_json(folder)
+    if cfg is None or has_classification_head(cfg):
+        return None
+    return read_pooling(folder)
 
 
 def _load_hf(target):

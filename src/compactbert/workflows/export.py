@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..embedding.encoder import embedding_model_pooling
 from ..errors import UserError
 from ..loading import load_saved
+from ..models import resolve_model
 from ..runs import NAME, Target, open_path
 
 FORMATS = ("packed", "onnx")
@@ -41,6 +43,8 @@ def export(
     if format not in FORMATS:
         raise UserError(f"--format {format!r} is not valid; valid: {', '.join(FORMATS)}")
     target = open_path(path)
+    if target.kind == NAME and Path(resolve_model(str(path))).is_dir():  # minilm-l6: the embedded model folder
+        target = open_path(resolve_model(str(path)))
     if target.kind == NAME:
         raise UserError(f"{str(path)!r} does not exist; expected a run directory or a model folder")
     if format == "onnx":
@@ -53,8 +57,14 @@ def export(
     from ..export.pack import export_packed
 
     net, tokenizer = load_saved(target.model_dir(), "model")
+    # a sentence-embedding model (a sentence-transformers folder without a trained head) is packed
+    # as its bare encoder with its pooling: the runtime's encode() reads it
+    pooling = embedding_model_pooling(target.model_dir())
+    if pooling is not None:
+        net = net.base_model
     texts = vocab_texts(target, task, data) if prune_vocab else None
-    export_packed(net, tokenizer, out, prune_vocab_texts=texts, max_positions=max_positions)
+    export_packed(net, tokenizer, out, prune_vocab_texts=texts, max_positions=max_positions,
+                  pooling=pooling.to_dict(source=False) if pooling is not None else None)
     return out
 
 

@@ -73,6 +73,7 @@ def evaluate_embedding(
     max_eval_samples: int | None = None,
     batch_size: int | None = None,
     max_seq_length: int | None = None,
+    dtype: str = "auto",
 ) -> dict[str, Any]:
     """Score ``path``'s sentence embeddings on an embedding task (no training).
 
@@ -86,6 +87,7 @@ def evaluate_embedding(
         batch_size: sentences per forward pass (default 64).
         max_seq_length: tokenizer truncation (default: the model's sentence-transformers
             ``max_seq_length``, else 128).
+        dtype: for a packed directory, the runtime's dtype (``auto``, ``bf16``, ``fp32``).
 
     Returns:
         ``{"task", "split", "n", "metrics": {"spearman_cosine", "pearson_cosine"}, "pooling": {...}}``.
@@ -108,7 +110,7 @@ def evaluate_embedding(
     if target.kind == RUN and data is None:
         data = target.run_info()["config"].get("data")
     split = normalize_split(spec, split or spec.eval_splits[0])
-    encoder = open_encoder(path)  # a model that cannot be pooled fails before the data is read
+    encoder = open_encoder(path, dtype=dtype)  # a model that cannot be pooled fails before the data is read
     examples = load_examples(spec, split, data, max_eval_samples, SUBSET_SEED)
     texts = list(dict.fromkeys(t for ex in examples for t in (ex.text_a, ex.text_b)))
     emb = encoder.encode(texts, batch_size=int(batch_size or EVAL_BATCH_SIZE), max_length=max_seq_length)

@@ -102,7 +102,7 @@ def finetune(
 @app.command("eval", no_args_is_help=True)
 def eval_(
     path: Annotated[str, typer.Argument(help="A run directory (its model/ is evaluated), a model folder, a hub id, or minilm-l6.", show_default=False)],
-    task: Annotated[Optional[str], typer.Option("--task", "-t", help=_TASKS_HELP + " Default for a run: its task.", show_default=False)] = None,
+    task: Annotated[Optional[str], typer.Option("--task", "-t", help=_TASKS_HELP + " Or stsb-embed: STS-B by the cosine similarity of sentence embeddings, no head (Spearman x 100). Default for a run: its task.", show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help=_DATA_HELP + " Default for a run: its data.", show_default=False)] = None,
     split: Annotated[Optional[str], typer.Option(help="Split to evaluate (default: dev; MNLI: dev_matched).", show_default=False)] = None,
     max_eval_samples: _MaxEval = None,

@@ -144,6 +144,8 @@ def make_tiny_model(
         RobertaConfig,
     )
 
+    from compactbert.loading import quiet_transformers
+
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     out = Path(out_dir)
@@ -177,6 +179,7 @@ def make_tiny_model(
             )
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
+    with quiet_transformers():  # no progress bar on stderr: tests read stderr
+        model.save_pretrained(out, safe_serialization=True)
+        tok.save_pretrained(out)
     return out

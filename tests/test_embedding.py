@@ -13,7 +13,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from compactbert.cli import main
 from compactbert.embedding.encoder import HFSentenceEncoder, open_encoder
-from compactbert.embedding.evaluate import evaluate_embedding, is_embedding_task, similarity_metrics
+from compactbert.embedding.evaluate import evaluate_embedding, is_embedding_task, retrieval_metrics, similarity_metrics
 from compactbert.embedding.pooling import (
     DEFAULT_POOLING,
     Pooling,
@@ -102,6 +102,16 @@ def test_similarity_metrics_match_scipy_on_known_embeddings():
     assert got["pearson_cosine"] == pytest.approx(100 * pearsonr(cos, gold).statistic, abs=1e-9)
     assert similarity_metrics(a, b, np.full(50, 2.0)) == {"spearman_cosine": 0.0, "pearson_cosine": 0.0}
     assert is_embedding_task("STS-B-embed") and is_embedding_task("sts_embed") and not is_embedding_task("stsb")
+
+
+def test_retrieval_metrics_by_hand():
+    cands = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.2]])
+    queries = np.array([[2.0, 0.1], [0.1, 1.0], [1.0, 0.9]])
+    # query 0: answer 0 ranks 1; query 1: answer 3 ranks 4 (1, 2, 0 above it); query 2: answer 1 ranks 3 (2, 0)
+    got = retrieval_metrics(queries, cands, [0, 3, 1])
+    assert got == pytest.approx({"retrieval_mrr@10": 100 * (1 + 1 / 4 + 1 / 3) / 3, "retrieval_recall@1": 100 / 3})
+    assert retrieval_metrics(queries, cands, [0, 3, 1], k=3)["retrieval_mrr@10"] == pytest.approx(100 * (1 + 1 / 3) / 3)
+    assert retrieval_metrics(np.zeros((0, 2)), cands, []) == {"retrieval_mrr@10": 0.0, "retrieval_recall@1": 0.0}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,6 +204,7 @@ def test_stsb_embed_on_a_model_matches_the_independent_reference():
     assert r["metrics"]["spearman_cosine"] == pytest.approx(SUBSET_SPEARMAN, abs=0.01)
     assert r["metrics"]["pearson_cosine"] == pytest.approx(SUBSET_PEARSON, abs=0.01)
     assert r["pooling"]["mode"] == "mean" and r["pooling"]["normalize"] is True
+    assert 50.0 < r["metrics"]["retrieval_mrr@10"] <= 100.0 and 0.0 < r["metrics"]["retrieval_recall@1"] <= 100.0
 
 
 def test_stsb_embed_on_a_run_directory(tmp_path):

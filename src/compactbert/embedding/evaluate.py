@@ -4,7 +4,10 @@
 sentence-transformers' ``EmbeddingSimilarityEvaluator`` does: Spearman (and Pearson) correlation
 of the cosines with the gold scores, times 100. The uncompressed all-MiniLM-L6-v2 (``minilm-l6``)
 scores 86.72 on the GLUE dev set and 82.03 on the STS-B test set (mean pooling over the
-attention mask, L2-normalised)::
+attention mask, L2-normalised). It also reports a paraphrase-retrieval score from the same data
+(no other retrieval set is available offline): each pair with a gold score >= 4 is a query
+(sentence 1) whose answer is its sentence 2 among all the split's distinct second sentences;
+MRR@10 and recall@1, x 100::
 
     compactbert eval minilm-l6 --task stsb-embed --data ../shared/data/glue --split test
 """
@@ -17,12 +20,16 @@ from typing import Any
 
 from ..errors import UserError
 
-__all__ = ["EMBEDDING_TASKS", "embedding_task", "is_embedding_task", "similarity_metrics", "evaluate_embedding"]
+__all__ = ["EMBEDDING_TASKS", "embedding_task", "is_embedding_task", "similarity_metrics", "retrieval_metrics",
+           "evaluate_embedding"]
 
 # embedding task -> the task whose data it reads
 EMBEDDING_TASKS = {"stsb-embed": "stsb"}
 SPEARMAN_COSINE = "spearman_cosine"
 PEARSON_COSINE = "pearson_cosine"
+MRR10 = "retrieval_mrr@10"
+RECALL1 = "retrieval_recall@1"
+RETRIEVAL_MIN_SCORE = 4.0  # STS-B: "mostly equivalent" and above
 
 
 def _norm(name: str) -> str:
@@ -65,6 +72,40 @@ def similarity_metrics(emb_a, emb_b, gold) -> dict[str, float]:
             PEARSON_COSINE: 100.0 * float(pearsonr(cos, y).statistic)}
 
 
+def retrieval_metrics(queries, candidates, answers, k: int = 10) -> dict[str, float]:
+    """MRR@k and recall@1 (x 100) of finding each query's answer among ``candidates`` by cosine.
+
+    Args:
+        queries: (q, dim) query embeddings; candidates: (c, dim).
+        answers: (q,) index of each query's answer in ``candidates``.
+
+    A query's rank is 1 + the number of candidates scored strictly higher than its answer (ties
+    count in its favour); its reciprocal rank is 0 beyond ``k``.
+    """
+    import numpy as np
+
+    qv = np.asarray(queries, dtype=np.float64)
+    cv = np.asarray(candidates, dtype=np.float64)
+    ans = np.asarray(answers, dtype=np.int64)
+    if qv.shape[0] == 0:
+        return {MRR10: 0.0, RECALL1: 0.0}
+    qv = qv / np.maximum(np.linalg.norm(qv, axis=1, keepdims=True), 1e-12)
+    cv = cv / np.maximum(np.linalg.norm(cv, axis=1, keepdims=True), 1e-12)
+    scores = qv @ cv.T  # (q, c)
+    target = scores[np.arange(len(ans)), ans][:, None]
+    rank = 1 + (scores > target).sum(axis=1)
+    rr = np.where(rank <= k, 1.0 / rank, 0.0)
+    return {MRR10: 100.0 * float(rr.mean()), RECALL1: 100.0 * float((rank == 1).mean())}
+
+
+def _retrieval(examples, emb, row: dict[str, int]) -> dict[str, float]:
+    candidates = list(dict.fromkeys(ex.text_b for ex in examples))
+    index = {t: i for i, t in enumerate(candidates)}
+    pairs = [ex for ex in examples if ex.label >= RETRIEVAL_MIN_SCORE]
+    return retrieval_metrics(emb[[row[ex.text_a] for ex in pairs]].numpy(), emb[[row[t] for t in candidates]].numpy(),
+                             [index[ex.text_b] for ex in pairs])
+
+
 def evaluate_embedding(
     path: str | os.PathLike,
     task: str = "stsb-embed",
@@ -90,7 +131,8 @@ def evaluate_embedding(
         dtype: for a packed directory, the runtime's dtype (``auto``, ``bf16``, ``fp32``).
 
     Returns:
-        ``{"task", "split", "n", "metrics": {"spearman_cosine", "pearson_cosine"}, "pooling": {...}}``.
+        ``{"task", "split", "n", "metrics": {"spearman_cosine", "pearson_cosine", "retrieval_mrr@10",
+        "retrieval_recall@1"}, "pooling": {...}}``.
 
     Raises:
         UserError: an unknown task or split, unreadable data, a model with no token embeddings to pool,
@@ -118,5 +160,6 @@ def evaluate_embedding(
     a = emb[[row[ex.text_a] for ex in examples]].numpy()
     b = emb[[row[ex.text_b] for ex in examples]].numpy()
     metrics = similarity_metrics(a, b, [ex.label for ex in examples])
+    metrics.update(_retrieval(examples, emb, row))
     return {"task": name, "split": split, "n": len(examples), "metrics": metrics,
             "pooling": encoder.pooling.to_dict()}

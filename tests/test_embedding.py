@@ -207,12 +207,11 @@ def test_stsb_embed_on_a_model_matches_the_independent_reference():
     assert 50.0 < r["metrics"]["retrieval_mrr@10"] <= 100.0 and 0.0 < r["metrics"]["retrieval_recall@1"] <= 100.0
 
 
-def test_stsb_embed_on_a_run_directory(tmp_path):
+def test_stsb_embed_on_a_run_directory_keeps_the_runs_own_eval(tmp_path, capsys):
     """A run's model/ (here a classifier saved by save_model) is pooled without its head, with the
-    pooling of the model the run started from."""
+    pooling of the model the run started from; the result goes next to the run's eval.json."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from compactbert.api import evaluate
     from compactbert.nn.io import save_model
 
     run = tmp_path / "run"
@@ -221,9 +220,13 @@ def test_stsb_embed_on_a_run_directory(tmp_path):
     save_model(clf, AutoTokenizer.from_pretrained(path), run / "model")
     (run / "run.json").write_text(json.dumps({"kind": "finetune", "task": "sst2", "model": "minilm-l6"}))
     (run / "config.yaml").write_text(f"data: {GLUE}\n")
-    r = evaluate(run, task="stsb-embed", split="test", max_eval_samples=64, out=tmp_path / "e.json")
+    (run / "eval.json").write_text('{"task": "sst2"}')
+    code = main(["eval", str(run), "--task", "stsb-embed", "--split", "test", "--max-eval-samples", "64"])
+    assert code == 0, capsys.readouterr().err
+    assert f"wrote {run / 'eval-stsb-embed.json'}" in capsys.readouterr().out
+    r = json.loads((run / "eval-stsb-embed.json").read_text())
     assert r["metrics"]["spearman_cosine"] == pytest.approx(SUBSET_SPEARMAN, abs=0.01)
-    assert json.loads((tmp_path / "e.json").read_text())["metrics"] == r["metrics"]
+    assert (run / "eval.json").read_text() == '{"task": "sst2"}'  # the run's own evaluation is kept
 
 
 def test_cli_stsb_embed_on_a_packed_directory(packed_minilm, tmp_path, capsys):

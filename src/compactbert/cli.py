@@ -119,13 +119,14 @@ def eval_(
     Example: compactbert eval runs/sst2 --split dev
     """
     from . import api
+    from .workflows.evaluate import result_file
 
     result = api.evaluate(
         path, task=task, data=data, split=split, max_eval_samples=max_eval_samples, out=out,
         batch_size=batch_size, bf16=bf16,
     )
     _print_eval(result, path)
-    written = out if out is not None else (Path(path) / api.EVAL_FILE if api.is_run_dir(path) else None)
+    written = result_file(path, task, out)
     if written is not None:
         print(f"wrote {written}")
 

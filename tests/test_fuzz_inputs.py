@@ -124,7 +124,7 @@ def mutate_recipe(rng: random.Random, text: str) -> bytes:
             text = text[: rng.randrange(len(text) + 1)]
             continue
         elif op == 6:
-            pos = rng.randrange(len(text))
+            pos = rng.randrange(len(text) + 1)
             raw = text.encode("utf-8", "surrogatepass")
             raw = raw[:pos] + bytes([rng.randrange(256)]) + raw[pos + 1 :]
             return raw if rng.random() < 0.5 else raw.replace(b"\n", b"\r\n")
@@ -207,7 +207,9 @@ def build_cases() -> list[tuple[str, object]]:
                ("--max-steps", ["0", str(10**15), "x"]),
                ("--max-train-samples", ["0", "-3", "4"]),
                ("--eval-every", ["0", "-2"]),
-               ("--max-seq-length", ["1", "-5"])]
+               ("--max-seq-length", ["1", "-5"]),
+               ("--data", ["x" * 5000, "~no-such-user-9/x.tsv", "hub:", "glue/xx", "\x00", "a\nb"]),
+               ("--model", ["x" * 5000, "~no-such-user-9/m", "a b", "org/..", "é/x", "owner/"])]
     cases += [("option", (opt, value)) for opt, values in options for value in values]
     for _ in range(75):
         kind = rng.choice(["tsv", "csv", "jsonl"])

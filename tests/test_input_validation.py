@@ -272,6 +272,18 @@ def test_short_tsv_row_names_line_and_column(env, capsys, tmp_path):
 # ---------------------------------------------------------------------------------------- models
 
 
+@pytest.mark.parametrize("option", ["--data", "--model"])
+@pytest.mark.parametrize("value", ["x" * 5000, "~no-such-user-9/x.tsv"])
+def test_paths_the_os_refuses(env, capsys, tmp_path, option, value, monkeypatch):
+    _, glue, model = env
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a too-long name is no hub id either: nothing is asked
+    args = {"--data": glue, "--model": model}
+    args[option] = value
+    code, _, err = run_cli(capsys, finetune_args(args["--model"], args["--data"], tmp_path / "r"))
+    assert_user_error(code, err, value[:20])
+    assert not (tmp_path / "r").exists()
+
+
 def test_truncated_safetensors(env, capsys, tmp_path):
     _, glue, model = env
     broken = tmp_path / "broken"

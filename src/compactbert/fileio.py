@@ -18,6 +18,23 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def user_path(text: str | os.PathLike) -> Path:
+    """``Path(text)`` with a leading ``~`` expanded; unchanged when that user (or home) is unknown."""
+    p = Path(text)
+    try:
+        return p.expanduser()
+    except (RuntimeError, KeyError):  # "~nouser/x": left as is, so it is reported as missing
+        return p
+
+
+def path_exists(path: Path) -> bool:
+    """``path.exists()``, but False instead of an exception for names the OS refuses (too long)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def check_output_folder(path: str | os.PathLike, option: str = "--out") -> None:
     """Refuse an output folder that is a file, or lies below one, before anything is written.
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .defaults import MODEL
 from .errors import UserError, short_repr
+from .fileio import path_exists, user_path
 
 DEFAULT_MODEL = MODEL
 _EMBEDDED_IDS = {"minilm-l6", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
@@ -52,20 +53,23 @@ def resolve_model(name: str | os.PathLike) -> str:
     name = str(name)
     if name.lower() in _EMBEDDED_IDS:
         return str(embedded_minilm_path())
-    p = Path(name).expanduser()
-    if p.is_dir():
+    p = user_path(name)
+    exists = path_exists(p)  # False also for names the OS refuses (too long)
+    if exists and p.is_dir():
         if not (p / "config.json").is_file():
             raise UserError(
-                f"model folder {name!r} has no config.json; expected a Hugging Face model folder, "
+                f"model folder {short_repr(name, 400)} has no config.json; expected a Hugging Face model folder, "
                 f"a compactbert run directory, a hub id, or the alias {DEFAULT_MODEL!r}"
             )
         check_weight_files(p)
         return str(p)
-    if p.exists():
-        raise UserError(f"model {name!r} is a file; expected a model folder, a hub id, or {DEFAULT_MODEL!r}")
+    if exists:
+        raise UserError(
+            f"model {short_repr(name, 400)} is a file; expected a model folder, a hub id, or {DEFAULT_MODEL!r}"
+        )
     if _looks_like_path(name):
         raise UserError(
-            f"model path {name!r} does not exist; expected a model folder, a hub id "
+            f"model path {short_repr(name, 400)} does not exist; expected a model folder, a hub id "
             f"(owner/name), or the alias {DEFAULT_MODEL!r}"
         )
     return resolve_hub_id(name)
@@ -162,7 +166,7 @@ def resolve_hub_id(name: str) -> str:
     """
     if len(name) > 96 or ".." in name or "--" in name or not _HUB_ID.fullmatch(name):
         raise UserError(
-            f"model {short_repr(name)} is not a model folder, a hub id (owner/name) or the alias "
+            f"model {short_repr(name, 400)} is not a model folder, a hub id (owner/name) or the alias "
             f"{DEFAULT_MODEL!r}"
         )
     cached = cached_snapshot(name)

@@ -339,12 +339,12 @@ def apply_override(raw: dict, override: str) -> None:
     YAML would read otherwise needs quotes.
     """
     if "=" not in override:
-        raise UserError(f"--set {short_repr(override)}: expected KEY=VALUE, e.g. stages.0.epochs=1")
+        raise UserError(f"--set {short_repr(override, 200)}: expected KEY=VALUE, e.g. stages.0.epochs=1")
     key, value = override.split("=", 1)
     parts = key.strip().split(".")
     if not key.strip() or any(not p for p in parts):
-        raise UserError(f"--set {short_repr(override)}: empty key; expected a dotted path such as stages.0.lr")
-    val = load_plain_yaml(value, f"--set {short_repr(override)}")[0] if value.strip() else None
+        raise UserError(f"--set {short_repr(override, 200)}: empty key; expected a dotted path such as stages.0.lr")
+    val = load_plain_yaml(value, f"--set {short_repr(override, 200)}")[0] if value.strip() else None
     cur: Any = raw
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
@@ -353,7 +353,7 @@ def apply_override(raw: dict, override: str) -> None:
         if isinstance(cur, list):
             index = int(part) if part.isascii() and part.isdigit() and len(part) < 10 else None
             if index is None or index >= len(cur):
-                raise UserError(f"--set {short_repr(override)}: {where}: index out of range (the list has {len(cur)} items)")
+                raise UserError(f"--set {short_repr(override, 200)}: {where}: index out of range (the list has {len(cur)} items)")
             if last:
                 cur[index] = val
             else:
@@ -363,10 +363,10 @@ def apply_override(raw: dict, override: str) -> None:
                 cur[part] = val  # unknown keys are caught by validation, with their path
             else:
                 if part not in cur:
-                    raise UserError(f"--set {short_repr(override)}: {where} does not exist in the recipe")
+                    raise UserError(f"--set {short_repr(override, 200)}: {where} does not exist in the recipe")
                 cur = cur[part]
         else:
-            raise UserError(f"--set {short_repr(override)}: {where}: cannot set a key inside a {type(cur).__name__}")
+            raise UserError(f"--set {short_repr(override, 200)}: {where}: cannot set a key inside a {type(cur).__name__}")
 
 
 class _LineIndex:

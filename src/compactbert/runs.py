@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .fileio import path_exists, user_path
 
 # What a run directory holds (see compactbert.workflows.finetune and .compress).
 RUN_FILE = "run.json"
@@ -100,6 +101,8 @@ class Target:
 
 def kind_of(path: Path) -> str:
     """The kind of an existing or missing ``path`` (see the module docstring)."""
+    if not path_exists(path):  # also a name the OS refuses (too long): not a local path
+        return NAME
     if path.is_file():
         return ONNX if path.suffix == ".onnx" else OTHER
     if not path.is_dir():
@@ -113,7 +116,7 @@ def kind_of(path: Path) -> str:
 def open_path(path: str | os.PathLike) -> Target:
     """Look at ``path`` and say what it is (reads nothing but the directory's marker files)."""
     given = str(path)
-    p = Path(given).expanduser()
+    p = user_path(given)
     return Target(given, p, kind_of(p))
 
 

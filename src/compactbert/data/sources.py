@@ -53,7 +53,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fileio import sha256_file
+from ..fileio import path_exists, sha256_file, user_path
 from ..errors import UserError, short_repr
 from .tasks import TaskSpec, get_task
 
@@ -718,18 +718,19 @@ def load_examples(
             examples, source = _load_hub(hub, spec, split), f"hub dataset {hub.describe()}"
     else:
         text = os.fspath(data)
-        path = Path(text).expanduser()
-        hub = parse_hub_spec(text) if (text.lower().startswith("hub:") or not path.exists()) else None
+        path = user_path(text)
+        exists = path_exists(path)  # False also for names the OS refuses (too long)
+        hub = parse_hub_spec(text) if (text.lower().startswith("hub:") or not exists) else None
         if hub is not None:
             examples, source = _load_hub(hub, spec, split), f"hub dataset {hub.describe()}"
-        elif path.is_dir():
+        elif exists and path.is_dir():
             file = _find_split_file(path, spec, split)
             examples, source = _read_table(spec, file), str(file)
-        elif path.exists():
+        elif exists:
             examples, source = _read_table(spec, path), str(path)
         else:
             raise UserError(
-                f"data {text!r} does not exist; expected a GLUE-format folder, a .csv/.tsv/.jsonl file, "
+                f"data {short_repr(text, 400)} does not exist; expected a GLUE-format folder, a .csv/.tsv/.jsonl file, "
                 f"'glue/<task>', 'rotten_tomatoes' or 'hub:owner/name[:config]'"
             )
     if not examples:

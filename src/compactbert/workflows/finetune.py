@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import defaults as D
 from ..errors import UserError
+from ..fileio import path_exists, user_path
 from ..loading import load_for_task, load_saved, quiet_transformers
 from ..runs import EVAL_FILE, MODEL_DIR, model_source
 from .rundir import check_output_dir, check_resume_settings, finish_run, now, start_run
@@ -49,7 +50,8 @@ def data_ref(data: str | os.PathLike | None) -> str | None:
     if data is None:
         return None
     ref = str(data)
-    return str(Path(ref).expanduser().resolve()) if Path(ref).expanduser().exists() else ref
+    path = user_path(ref)
+    return str(path.resolve()) if path_exists(path) else ref
 
 
 def finetune(

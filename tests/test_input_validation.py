@@ -155,6 +155,12 @@ def test_ranges_are_checked_by_recipe_check(capsys, tmp_path, setting, needle):
     assert_user_error(code, err, needle, key.split(".")[-1])
 
 
+@pytest.mark.parametrize("name", ["x" * 5000, "~no-such-user-9/r.yaml"])
+def test_recipe_names_the_os_refuses(capsys, name):
+    code, _, err = run_cli(capsys, ["recipe", "check", name])
+    assert_user_error(code, err, name[:20], "does not exist")
+
+
 def test_valid_recipe_with_a_valid_set_still_passes(capsys, tmp_path):
     code, out, err = check_recipe(capsys, tmp_path, "\ufeff" + RECIPE, "--set", f"seed={2**32 - 1}")
     assert code == 0, err

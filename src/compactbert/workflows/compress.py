@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import defaults as D
-from ..errors import UserError
+from ..errors import UserError, short_repr
+from ..fileio import path_exists, user_path
 from ..loading import config_json, has_classification_head, load_for_task, load_saved, quiet_transformers
 from ..runs import EVAL_FILE, MODEL_DIR, RECIPE_FILE, SIZE_FILE, model_source, read_run
 from .evaluate import evaluation_bf16
@@ -50,15 +51,15 @@ def stage_dir(out: Path, i: int, name: str) -> Path:
 
 def find_recipe(recipe: str | os.PathLike) -> Path:
     """A recipe path; a bare name (``xtc-binary``) is looked up in the ready recipes."""
-    p = Path(recipe).expanduser()
-    if p.is_file():
+    p = user_path(recipe)
+    if path_exists(p) and p.is_file():  # path_exists: False for names the OS refuses (too long)
         return p
     for candidate in (RECIPES_DIR / str(recipe), RECIPES_DIR / f"{recipe}.yaml"):
-        if candidate.is_file():
+        if path_exists(candidate) and candidate.is_file():
             return candidate
     names = sorted(f.stem for f in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
     raise UserError(
-        f"recipe {str(recipe)!r} does not exist; give a YAML file"
+        f"recipe {short_repr(str(recipe), 400)} does not exist; give a YAML file"
         + (f" or one of the ready recipes: {', '.join(names)}" if names else "")
     )
 

@@ -154,6 +154,13 @@ class Recipe(BaseModel):
                             "without distillation in any stage; XTC found distillation essential at 1-2 bits",
                             stacklevel=2,
                         )
+                try:
+                    notes = m.check_in_recipe(self.stages, i)
+                except ValueError as e:
+                    where = lines.where(("stages", i, "methods", j), source)
+                    raise UserError(f"{where}: stages.{i}.methods.{j}: {e}") from None
+                for note in notes:
+                    warnings.warn(f"{source}: stages.{i}.methods.{j}: {note}", stacklevel=2)
 
     def describe(self) -> str:
         """Human-readable plan, stage by stage (for ``compactbert recipe check``)."""

@@ -3,6 +3,7 @@
 from .base import Method, TrainState
 from . import quantize  # noqa: F401  (registers quantize, binary, ternary, int8)
 from . import prune, layer_reduction, distill  # noqa: F401,E402  (pruning, layer reduction, distillation)
+from . import mixed_precision  # noqa: F401,E402  (mixed_precision_search, hessian_allocation)
 
 from ..registry import registered_methods
 

@@ -357,6 +357,34 @@ def test_cached_hub_id_loads_without_the_hub(env, capsys, tmp_path, no_hub, monk
     assert json.loads((tmp_path / "e.json").read_text())["n"] == 8
 
 
+def test_hub_dataset_with_unreachable_hub(env, capsys, no_hub):
+    _, _, model = env
+    code, _, err = run_cli(capsys, ["eval", model, "--task", "sst2", "--data", "glue/sst2"])
+    assert_user_error(code, err, "nyu-mll/glue", "cannot be reached", "127.0.0.1:9", "not in the local datasets cache")
+
+
+def test_hub_dataset_with_unreachable_hub_is_read_from_the_cache(no_hub, monkeypatch):
+    import datasets
+    import datasets.config
+    from huggingface_hub import constants
+
+    seen = []
+    before = (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE)
+
+    class Cached(list):
+        column_names = ["sentence", "label"]
+
+    def from_cache(path, config, split):
+        seen.append((path, config, split, constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE))
+        return Cached([{"sentence": "a fine film", "label": 1}])
+
+    monkeypatch.setattr(datasets, "load_dataset", from_cache)
+    examples = load_examples("sst2", "dev", "glue/sst2")
+    assert [(e.text_a, e.label) for e in examples] == [("a fine film", 1)]
+    assert seen == [("nyu-mll/glue", "sst2", "validation", True, True)]  # offline: the cache only
+    assert (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == before  # restored
+
+
 # ----------------------------------------------------------------------------------- output paths
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from .defaults import MODEL
 from .errors import UserError, short_repr
 from .fileio import path_exists, user_path
+from .hub import hub_offline, hub_problem
 
 DEFAULT_MODEL = MODEL
 _EMBEDDED_IDS = {"minilm-l6", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
@@ -136,15 +137,6 @@ def _safetensors_problem(path: Path) -> str | None:
 
 # "name" or "owner/name": letters, digits, "-", "_", "." (the hub's own rule, without its length checks)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", re.ASCII)
-_HUB_TIMEOUT_S = 10.0
-
-
-def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, now or at import."""
-    from huggingface_hub import constants
-
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    return bool(constants.HF_HUB_OFFLINE) or any(f.strip().upper() in {"1", "ON", "YES", "TRUE"} for f in flags)
 
 
 def cached_snapshot(repo_id: str) -> Path | None:
@@ -177,7 +169,7 @@ def resolve_hub_id(name: str) -> str:
                 f"is set; give a model folder, the alias {DEFAULT_MODEL!r}, or unset HF_HUB_OFFLINE"
             )
         return str(cached)
-    problem = _hub_problem(name)
+    problem = hub_problem(name)
     if problem is None:
         return name
     if cached is not None:
@@ -186,21 +178,3 @@ def resolve_hub_id(name: str) -> str:
         f"model {name!r} is not a local folder and not in the Hugging Face cache, and {problem}; "
         f"give a model folder or the alias {DEFAULT_MODEL!r}"
     )
-
-
-def _hub_problem(repo_id: str) -> str | None:
-    """Why the hub cannot serve ``repo_id`` (unreachable, no such model), or None when it may."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-
-    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-    try:
-        HfApi(endpoint=endpoint).model_info(repo_id, timeout=_HUB_TIMEOUT_S)
-    except RepositoryNotFoundError:
-        return f"the hub ({endpoint}) has no model of that name (or it is private)"
-    except HfHubHTTPError:  # gated, rate-limited, server errors: let the real download decide
-        return None
-    except Exception as e:  # noqa: BLE001 - network errors come from several libraries
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return f"the hub ({endpoint}) cannot be reached ({first})"
-    return None

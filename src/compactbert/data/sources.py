@@ -37,6 +37,7 @@ hashes (sha256) into the lowest 10% of 1000 buckets, so no movie has reviews in 
 from __future__ import annotations
 
 import bz2
+import contextlib
 import csv
 import hashlib
 import itertools
@@ -54,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..fileio import path_exists, sha256_file, user_path
+from ..hub import hub_offline, hub_problem, offline_mode
 from ..errors import UserError, short_repr
 from .tasks import TaskSpec, get_task
 
@@ -521,12 +523,17 @@ def _load_hub(hub: HubSource, spec: TaskSpec, split: str) -> list[Example]:
         )
     hub_split = hub.split_name(split)
     source = f"hub dataset {hub.describe()} (split {hub_split})"
+    # One quick request first: unreachable (or unknown), the cache alone is tried, without the retries.
+    problem = None if hub_offline() else hub_problem(hub.path, "dataset")
     try:
         import datasets
 
-        ds = datasets.load_dataset(hub.path, hub.config, split=hub_split)
+        with offline_mode() if problem else contextlib.nullcontext():
+            ds = datasets.load_dataset(hub.path, hub.config, split=hub_split)
     except Exception as e:  # network, unknown dataset/config/split: all outside our control
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if problem:
+            msg = f"{problem}, and it is not in the local datasets cache"
         raise UserError(
             f"could not load {source}: {msg}; pass --data with a local GLUE folder or a CSV/TSV/JSONL file instead"
         ) from None

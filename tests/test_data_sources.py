@@ -284,7 +284,11 @@ def test_examples_from_local_datasets():
 
 @pytest.fixture
 def fake_hub(monkeypatch):
-    """Replace datasets.load_dataset by a recorder returning a small local Dataset."""
+    """Replace datasets.load_dataset by a recorder returning a small local Dataset (the hub itself
+    is taken as reachable: no request is made)."""
+    import compactbert.data.sources as sources
+
+    monkeypatch.setattr(sources, "hub_problem", lambda *args, **kwargs: None)
     calls = []
 
     def load_dataset(path, name=None, split=None):

@@ -415,3 +415,14 @@ def test_user_error_is_always_one_bounded_line():
 def test_recipe_from_yaml_api_refuses_aliases():
     with pytest.raises(UserError, match="anchors and aliases"):
         Recipe.from_yaml("x: &a 1\n" + RECIPE)
+
+
+def test_to_yaml_never_writes_aliases(monkeypatch):
+    """A run's recipe.yaml is read back with the alias-refusing loader: the writer must not emit any."""
+    stage = {"name": "s", "epochs": 1.0, "methods": [{"type": "int8"}]}
+    monkeypatch.setattr(Recipe, "to_dict", lambda self: {"stages": [stage, stage]})  # one object, twice
+    text = Recipe.from_yaml(RECIPE).to_yaml()
+    assert "&" not in text and "*" not in text
+    monkeypatch.undo()
+    again = Recipe.from_yaml(text)
+    assert [s.name for s in again.stages] == ["s", "s"]

@@ -130,7 +130,8 @@ class Recipe(BaseModel):
         return out
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """Plain YAML (never anchors or aliases, which :meth:`from_yaml` refuses)."""
+        return yaml.dump(self.to_dict(), Dumper=_PlainDumper, sort_keys=False)
 
     # ------------------------------------------------------------------ checks
     def _check_order(self, source: str, lines: "_LineIndex") -> None:
@@ -260,6 +261,13 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
 
 
 _PlainLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """The safe dumper, writing a value that occurs twice in full instead of as an alias."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def read_recipe_text(path: str | Path) -> str:

@@ -76,9 +76,9 @@ def load_for_task(model: str | os.PathLike, task) -> tuple[Any, Any]:
         kwargs["label2id"] = {n: i for i, n in enumerate(spec.label_names)}
     with quiet_transformers():
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
             net = AutoModelForSequenceClassification.from_pretrained(
-                path, use_safetensors=True, ignore_mismatched_sizes=True, **kwargs
+                path, use_safetensors=True, ignore_mismatched_sizes=True, trust_remote_code=False, **kwargs
             )
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(
@@ -110,7 +110,7 @@ def read_model_config(model: str | os.PathLike):
     path = resolve_model(model)
     with quiet_transformers():
         try:
-            return AutoConfig.from_pretrained(path)
+            return AutoConfig.from_pretrained(path, trust_remote_code=False)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"cannot load model {str(model)!r} ({first_line(e)})") from None
 

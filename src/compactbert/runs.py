@@ -3,7 +3,8 @@
 :func:`open_path` looks at a path and returns a :class:`Target` whose ``kind`` is one of:
 
 * ``run``: a run directory of ``finetune`` or ``compress`` (``run.json``); its model is ``model/``;
-* ``packed``: a packed directory written by ``compactbert export`` (``manifest.json``);
+* ``packed``: a packed directory written by ``compactbert export`` (``manifest.json``; or a
+  packed ``config.json`` without it: a packed directory whose manifest is missing);
 * ``onnx``: an ONNX export: a folder holding ``model.onnx``, or a ``.onnx`` file;
 * ``model``: a Hugging Face model folder (``config.json``);
 * ``name``: nothing on disk: a hub id or the alias ``minilm-l6`` (or a path that does not exist,
@@ -41,6 +42,7 @@ MODEL_DIR = "model"
 MANIFEST_FILE = "manifest.json"  # a packed directory (compactbert.export.pack)
 ONNX_FILE = "model.onnx"  # an ONNX export (compactbert.export.onnx)
 MODEL_CONFIG_FILE = "config.json"  # a Hugging Face model folder
+PACKED_FORMAT = "compactbert-packed"  # a packed directory's config.json "format" (compactbert.export.format)
 
 RUN, PACKED, ONNX, MODEL, NAME, OTHER = "run", "packed", "onnx", "model", "name", "other"
 KINDS = (RUN, PACKED, ONNX, MODEL, NAME, OTHER)
@@ -109,8 +111,21 @@ def kind_of(path: Path) -> str:
         return NAME
     for marker, kind in ((RUN_FILE, RUN), (MANIFEST_FILE, PACKED), (ONNX_FILE, ONNX), (MODEL_CONFIG_FILE, MODEL)):
         if (path / marker).is_file():
-            return kind
+            return PACKED if kind == MODEL and packed_config(path / marker) else kind
     return OTHER
+
+
+def packed_config(config_file: Path) -> bool:
+    """Whether ``config_file`` is a packed directory's ``config.json`` (its ``format`` says so): a
+    folder holding one but no ``manifest.json`` is a packed directory whose manifest is missing,
+    not a Hugging Face model folder."""
+    try:
+        if config_file.stat().st_size > 1024 * 1024:
+            return False
+        cfg = json.loads(config_file.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(cfg, dict) and cfg.get("format") == PACKED_FORMAT
 
 
 def open_path(path: str | os.PathLike) -> Target:

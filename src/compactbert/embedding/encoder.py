@@ -125,7 +125,8 @@ def _load_hf(target):
     path = resolve_model(target.given)
     with quiet_transformers():
         try:
-            return AutoModel.from_pretrained(path, use_safetensors=True), AutoTokenizer.from_pretrained(path)
+            return (AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=False),
+                    AutoTokenizer.from_pretrained(path, trust_remote_code=False))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"cannot load model {target.given!r} ({first_line(e)}); expected a Hugging Face "
                             "encoder folder with model.safetensors and tokenizer files, a hub id, or 'minilm-l6'") from None

@@ -71,8 +71,8 @@ def _load_compressed(path: Path, **kwargs) -> torch.nn.Module:
         spec = json.loads(spec_file.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{spec_file}: cannot read the compression spec: {e}") from None
-    config = AutoConfig.from_pretrained(str(path))
-    model = AutoModelForSequenceClassification.from_config(config)
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
     apply_compression_spec(model, spec, source=str(spec_file))
     state = _read_state_dict(path)
     result = model.load_state_dict(state, strict=False)
@@ -108,8 +108,8 @@ def load_model(path: str | Path, **kwargs):
 
     p = Path(path)
     if not p.is_dir():  # a hub id (models.resolve_model may return one): plain transformers loading
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True, **kwargs)
-        return model, AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False, **kwargs)
+        return model, AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     if not (p / "config.json").is_file():
         raise UserError(f"model folder {str(path)!r} has no config.json; expected a folder written by save_model")
     from ..models import check_weight_files
@@ -118,8 +118,8 @@ def load_model(path: str | Path, **kwargs):
     if (p / COMPRESSION_FILE).is_file():
         model = _load_compressed(p, **kwargs)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(str(p), use_safetensors=True, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(str(p), use_safetensors=True, trust_remote_code=False, **kwargs)
     tokenizer = None
     if any((p / f).is_file() for f in _TOKENIZER_FILES):
-        tokenizer = AutoTokenizer.from_pretrained(str(p))
+        tokenizer = AutoTokenizer.from_pretrained(str(p), trust_remote_code=False)
     return model, tokenizer

@@ -301,5 +301,5 @@ def load(path: str | os.PathLike, dtype: str = "auto", threads: int | None = Non
     encoder = LeanEncoder(packed.config, packed.tensors, dtype=tdtype, backend=backend,
                           act_quant=packed.act_quant if use_aq else None, vocab_map=packed.vocab_map,
                           int8_codes=packed.row_codes if int8 else None)
-    tokenizer = load_packed_tokenizer(packed.path)
+    tokenizer = load_packed_tokenizer(packed.path, packed.manifest)
     return PackedModel(encoder, tokenizer, packed.config, packed.manifest, packed.path, dtype, backend, use_aq)

@@ -177,6 +177,9 @@ def _packed_metrics(path: Path, spec, examples, seq: int, batch_size: int) -> di
     from ..data.tasks import compute_metrics
 
     logits = packed_logits(path, examples, seq, batch_size)
+    if logits.shape[1] != spec.num_labels:
+        raise UserError(f"packed model {str(path)!r} has {logits.shape[1]} outputs but task {spec.name} needs "
+                        f"{spec.num_labels}; evaluate it on the task it was trained for")
     return compute_metrics(spec, logits.numpy(), np.asarray([ex.label for ex in examples]))
 
 
@@ -208,6 +211,9 @@ def packed_logits(path: str | os.PathLike, examples, max_seq_length: int = D.MAX
     from ..runtime import load as load_runtime
 
     model = load_runtime(path)
+    if model.tokenizer is None:
+        raise UserError(f"packed model {str(path)!r} has no tokenizer/ folder, so it cannot read text; re-export "
+                        "it with its tokenizer")
     features = encode(examples, model.tokenizer, int(max_seq_length))
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     out = torch.zeros(len(features), model.num_labels)

@@ -66,9 +66,9 @@ def packed_size_report(path: str | os.PathLike) -> dict[str, Any]:
     ``dense_fp32_bytes`` counts the stored tensors' shapes at 4 bytes (after physical removal of
     pruned heads/neurons and vocabulary pruning); ``files_bytes`` is the directory on disk.
     """
-    from ..export.pack import packed_size, verify_packed
+    from ..export.pack import check_packed, packed_size
 
-    manifest = verify_packed(path)
+    manifest = check_packed(path)[0]  # verified, and its shapes, bits and bytes add up
     tensors = []
     for name, t in manifest["tensors"].items():
         params = math.prod(t["shape"])

@@ -33,7 +33,7 @@ from .constants import (
 )
 from .export import export_packed, round_floats_to_fp16
 from .layout import Layout, model_layout
-from .read import PackedWeights, load_packed_tokenizer, packed_size, read_packed, verify_packed
+from .read import PackedWeights, check_packed, load_packed_tokenizer, packed_size, read_packed, verify_packed
 from .write import tokenizer_files
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "export_packed",
     "read_packed",
     "verify_packed",
+    "check_packed",
     "load_packed_tokenizer",
     "packed_size",
     "tokenizer_files",

@@ -176,6 +176,8 @@ def unpack_code_streams(streams: dict[int, torch.Tensor], row_bits: torch.Tensor
         rows = row_bits == b
         sub = out[rows]
         n = int(keep[rows].sum()) if keep is not None else sub.numel()
+        if packed.numel() != ceil8(b * n):
+            raise ValueError(f"the {b}-bit code stream holds {packed.numel()} bytes; its rows need {ceil8(b * n)}")
         vals = unpack_bits(packed, b, n).to(torch.int64)
         if keep is None:
             sub = vals.reshape(sub.shape)

@@ -7,10 +7,7 @@ Format versions 1 and 2 are read. A version-1 entry (one width per tensor, parts
 
 from __future__ import annotations
 
-import json
-import lzma
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -19,14 +16,17 @@ import torch
 
 from ...errors import UserError
 from ...fileio import sha256_file
-from ...nn.quant import Codes, ScaleLayout, WeightQuantizer, quantizer_from_spec
+from ...nn.quant import ActivationQuantizer, Codes, ScaleLayout, WeightQuantizer, quantizer_class, quantizer_from_spec
 from ...nn.quant.codes import bits_from_runs
 from ..bits import unpack_mask
-from .constants import CONFIG_FILE, FORMAT_NAME, MANIFEST_FILE, READABLE_VERSIONS, TOKENIZER_DIR, WEIGHTS_FILE
+from .check import Stored, check_count, check_tensors, read_header
+from .constants import CONFIG_FILE, MANIFEST_FILE, TOKENIZER_DIR, WEIGHTS_FILE
 from .encode import unpack_code_streams
+from .schema import bad_folder, parse_config, parse_manifest, read_json
+from .tokenizer import check_tokenizer_dir, load_packed_tokenizer, tokenizer_file_ok
 
-__all__ = ["PackedWeights", "verify_packed", "read_packed", "load_packed_tokenizer", "packed_size",
-           "upgrade_entry", "decode_entry"]
+__all__ = ["PackedWeights", "verify_packed", "check_packed", "read_packed", "load_packed_tokenizer", "packed_size",
+           "upgrade_entry", "decode_entry", "bad_folder"]
 
 
 @dataclass
@@ -54,16 +54,14 @@ class PackedWeights:
     row_codes: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
-def bad_folder(path: Path, what: str) -> UserError:
-    return UserError(f"packed model {str(path)!r}: {what}; re-export it with `compactbert export`")
-
-
-def _check_files(p: Path, files: Any) -> None:
-    if not isinstance(files, dict) or WEIGHTS_FILE not in files or CONFIG_FILE not in files:
+def _check_files(p: Path, files: dict[str, Any]) -> None:
+    if WEIGHTS_FILE not in files or CONFIG_FILE not in files:
         raise bad_folder(p, f"{MANIFEST_FILE} does not list {WEIGHTS_FILE} and {CONFIG_FILE}")
     for rel, info in files.items():
         fp = (p / rel).resolve()
-        if p.resolve() not in fp.parents or not isinstance(info, dict):
+        allowed = rel in (WEIGHTS_FILE, CONFIG_FILE) or (
+            rel.startswith(TOKENIZER_DIR + "/") and tokenizer_file_ok(rel[len(TOKENIZER_DIR) + 1 :]))
+        if p.resolve() not in fp.parents or not allowed:
             raise bad_folder(p, f"{MANIFEST_FILE} lists an invalid file entry {rel!r}")
         if not fp.is_file():
             raise bad_folder(p, f"file {rel!r} is missing")
@@ -84,29 +82,47 @@ def verify_packed(path: str | os.PathLike) -> dict[str, Any]:
         UserError: not a packed directory, an unknown format version, or a missing, truncated or
             modified file (one line naming it).
     """
-    p = Path(path)
+    return _manifest(Path(path), hashes=True)
+
+
+def _manifest(p: Path, hashes: bool) -> dict[str, Any]:
     if not p.is_dir():
-        raise UserError(f"packed model {str(path)!r} is not a directory; expected a folder written by `compactbert export`")
+        raise UserError(f"packed model {str(p)!r} is not a directory; expected a folder written by `compactbert export`")
     mpath = p / MANIFEST_FILE
     if not mpath.is_file():
         raise UserError(
-            f"{str(path)!r} has no {MANIFEST_FILE}: not a packed model folder (expected one written by `compactbert export`)"
+            f"{str(p)!r} has no {MANIFEST_FILE}: not a packed model folder, or one whose manifest is missing "
+            "(expected a folder written by `compactbert export`)"
         )
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise bad_folder(p, f"{MANIFEST_FILE} is not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise bad_folder(p, f"{MANIFEST_FILE} does not describe a {FORMAT_NAME!r} folder")
-    version = manifest.get("format_version")
-    if version not in READABLE_VERSIONS or isinstance(version, bool):
-        raise UserError(
-            f"packed model {str(path)!r} has format_version {version!r}; this compactbert reads version "
-            f"{' or '.join(map(str, READABLE_VERSIONS))} only (re-export the model, or use the compactbert "
-            "version that wrote it)"
-        )
-    _check_files(p, manifest.get("files"))
+    manifest = parse_manifest(read_json(mpath, p, MANIFEST_FILE), p)
+    if hashes:
+        _check_files(p, manifest["files"])
+    check_tokenizer_dir(p)
     return manifest
+
+
+def check_packed(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str, Any], dict[str, Any], dict[str, Stored]]:
+    """Everything but decoding: :func:`verify_packed` (``verify``: with the sha256 of every file),
+    the strict schema of the config, and that manifest, config and the safetensors header add up
+    (:func:`.check.check_tensors`: shapes, parts, bytes, and a model no larger than its payload
+    justifies).
+
+    Returns:
+        (manifest, config, safetensors header).
+
+    Raises:
+        UserError: the first problem, in one line.
+    """
+    p = Path(path)
+    manifest = _manifest(p, hashes=verify)
+    config = parse_config(read_json(p / CONFIG_FILE, p, CONFIG_FILE), p)
+    header = read_header(p / WEIGHTS_FILE, p)
+    files = manifest["files"]
+    if manifest["weights_bytes"] != files[WEIGHTS_FILE]["bytes"] or manifest["tokenizer_bytes"] != sum(
+            v["bytes"] for k, v in files.items() if k.startswith(TOKENIZER_DIR + "/")):
+        raise bad_folder(p, "weights_bytes or tokenizer_bytes in the manifest do not match its files")
+    check_tensors(manifest, config, header, p)
+    return manifest, config, header
 
 
 def upgrade_entry(e: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +225,13 @@ def decode_entry(name: str, e: dict[str, Any], get: Callable[[str], torch.Tensor
 def _act_quant(config: dict[str, Any], get) -> dict[str, dict[str, Any]]:
     out = {}
     for lname, aq in (config.get("act_quant") or {}).items():
-        out[lname] = {"spec": aq["spec"], "params": {k: get(v).float() for k, v in aq.items() if k != "spec"}}
+        params = {k: get(v).float() for k, v in aq.items() if k != "spec"}
+        kw = dict(aq["spec"])
+        cls = quantizer_class(kw.pop("kind"), f"act_quant.{lname}: activation quantizer kind")
+        if not issubclass(cls, ActivationQuantizer):
+            raise ValueError(f"act_quant.{lname}: {cls.kind!r} is not an activation quantizer")
+        cls.from_packed(kw, params)  # what the runtime builds: refused here if it cannot be
+        out[lname] = {"spec": aq["spec"], "params": params}
     return out
 
 
@@ -218,38 +240,36 @@ def _vocab_map(config: dict[str, Any], get) -> torch.Tensor | None:
     if not (vocab and vocab.get("pruned")):
         return None
     keep = unpack_mask(get("emb.vocab_keep"), (int(vocab["original_size"]),))
+    check_count("emb.word.weight", "emb.vocab_keep", int(keep.sum()), int(vocab["kept"]))
     new_ids = torch.cumsum(keep.to(torch.int64), 0) - 1
     unk_old = int(vocab["unk_token_id"])
     unk_new = int(new_ids[unk_old]) if bool(keep[unk_old]) else 0
     out = torch.where(keep, new_ids, torch.full_like(new_ids, unk_new))
     if vocab.get("unseen") == "nearest":
         out = get("emb.vocab_map").to(torch.int64)
-        if out.shape != keep.shape or int(out.max()) >= int(vocab["kept"]):
+        if out.shape != keep.shape or int(out.min()) < 0 or int(out.max()) >= int(vocab["kept"]):
             raise ValueError("emb.vocab_map does not match the kept vocabulary")
     return out
 
 
 def read_packed(path: str | os.PathLike, verify: bool = True) -> PackedWeights:
-    """Verify (:func:`verify_packed`) and decode a packed directory to dense float32 tensors.
+    """Check (:func:`check_packed`; ``verify``: with every file's sha256) and decode a packed
+    directory to dense float32 tensors. Nothing is decoded before the checks pass, so what is
+    allocated is bounded by the payload (:mod:`.check`).
 
     Raises:
-        UserError: the directory fails verification or its tensors cannot be decoded.
+        UserError: the directory fails a check or its tensors cannot be decoded (one line).
     """
     from safetensors import SafetensorError, safe_open
 
     p = Path(path)
-    manifest = verify_packed(p) if verify else json.loads((p / MANIFEST_FILE).read_text())
-    try:
-        config = json.loads((p / CONFIG_FILE).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise bad_folder(p, f"{CONFIG_FILE} is not valid JSON ({e})") from None
+    manifest, config, header = check_packed(p, verify=verify)
     out = PackedWeights(path=p, manifest=manifest, config=config)
     try:
         with safe_open(str(p / WEIGHTS_FILE), framework="pt") as f:
-            keys = set(f.keys())
 
             def get(key: str) -> torch.Tensor:
-                if key not in keys:
+                if key not in header:
                     raise KeyError(key)
                 return f.get_tensor(key)
 
@@ -257,40 +277,11 @@ def read_packed(path: str | os.PathLike, verify: bool = True) -> PackedWeights:
                 out.tensors[name] = decode_entry(name, e, get, out.row_codes)
             out.act_quant = _act_quant(config, get)
             out.vocab_map = _vocab_map(config, get)
-    except UserError:
-        raise
+    except UserError as e:
+        raise bad_folder(p, str(e)) if "packed model" not in str(e) else e from None
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError, SafetensorError, OSError) as e:
         raise bad_folder(p, f"its tensors cannot be decoded ({type(e).__name__}: {e})") from None
     return out
-
-
-def load_packed_tokenizer(path: str | os.PathLike):
-    """The tokenizer stored in a packed directory (None if it has none).
-
-    Compressed files are expanded into a temporary folder first; only names listed in the manifest
-    are read.
-    """
-    from transformers import AutoTokenizer
-
-    p = Path(path)
-    manifest = json.loads((p / MANIFEST_FILE).read_text())
-    tok = [rel for rel in manifest.get("files", {}) if rel.startswith(TOKENIZER_DIR + "/")]
-    if not tok:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        for rel in tok:
-            name = rel.split("/", 1)[1]
-            if "/" in name or "\\" in name or name.startswith("."):
-                raise bad_folder(p, f"invalid tokenizer file name {rel!r}")
-            data = (p / rel).read_bytes()
-            if name.endswith(".xz"):
-                try:
-                    data = lzma.decompress(data)
-                except lzma.LZMAError as e:
-                    raise bad_folder(p, f"tokenizer file {rel!r} cannot be decompressed ({e})") from None
-                name = name[: -len(".xz")]
-            (Path(tmp) / name).write_bytes(data)
-        return AutoTokenizer.from_pretrained(tmp)
 
 
 def packed_size(path: str | os.PathLike) -> dict[str, int]:

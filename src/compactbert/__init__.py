@@ -12,7 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_API = ("finetune", "evaluate", "compress", "export", "load", "bench", "report", "size")
+_API = ("finetune", "evaluate", "compress", "export", "load", "bench", "report", "size", "sweep")
 
 
 def __getattr__(name: str):

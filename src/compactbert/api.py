@@ -7,7 +7,7 @@ Example:
     {'accuracy': 0.78}
 
 This module only re-exports: each verb's workflow is a module of :mod:`compactbert.workflows`
-(``finetune``, ``compress``, ``evaluate``, ``size``, ``export``, ``bench``), ``report`` is
+(``finetune``, ``compress``, ``evaluate``, ``size``, ``export``, ``bench``, ``sweep``), ``report`` is
 :mod:`compactbert.report.core`, what a path is is :mod:`compactbert.runs`, and model loading is
 :mod:`compactbert.loading`. Importing it stays cheap: the heavy libraries load inside the verbs.
 """
@@ -25,9 +25,10 @@ from .workflows.export import export, load
 from .workflows.finetune import finetune
 from .workflows.rundir import RUN_ARTIFACTS, check_output_dir, init_run_dir, start_run
 from .workflows.size import packed_extras, packed_size_report, size
+from .workflows.sweep import sweep
 
 __all__ = [
-    "finetune", "compress", "evaluate", "size", "export", "load", "bench", "report", "recipe_check", "find_recipe",
+    "finetune", "compress", "evaluate", "size", "export", "load", "bench", "report", "sweep", "recipe_check", "find_recipe",
     "packed_logits", "packed_size_report", "packed_extras", "load_for_task", "load_saved", "quiet_transformers",
     "open_path", "is_run_dir", "read_run", "model_source", "check_output_dir", "init_run_dir", "start_run",
     "RUN_FILE", "CONFIG_FILE", "EVAL_FILE", "RUN_ARTIFACTS", "SUBSET_SEED", "PACKED_FLOAT_BITS",

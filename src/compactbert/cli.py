@@ -291,6 +291,40 @@ def report(
     api.report(paths, out, title=title)
 
 
+@app.command(no_args_is_help=True)
+def sweep(
+    sweep_file: Annotated[str, typer.Argument(help="Sweep YAML: recipes and a grid of --set overrides (see sweeps/).", show_default=False)],
+    teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned teacher: a finetune run directory or a model folder.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep directory to create (or continue with --resume).", show_default=False)],
+    task: _Task = D.TASK,
+    data: _Data = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the sweep in --out: finished points are skipped, an interrupted one resumes.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check every point, list them with the time estimate, write nothing.")] = False,
+    max_points: Annotated[int, typer.Option(min=1, help="Refuse a grid with more points than this.")] = D.SWEEP_MAX_POINTS,
+    max_train_samples: _MaxTrain = None,
+    max_eval_samples: _MaxEval = None,
+    no_bench: Annotated[bool, typer.Option("--no-bench", help="Skip the latency benchmark (size and accuracy only).")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
+    """Compress with every point of a grid, export and benchmark each, and report the Pareto front and what to pick.
+
+    Example: compactbert sweep sweeps/combining-compressions.yaml --teacher runs/sst2-teacher --task sst2 --data ../shared/data/glue --out runs/sweep-cc
+    """
+    from . import api
+
+    result = api.sweep(
+        sweep_file, teacher, task, out, data=data, resume=resume, dry_run=dry_run, max_points=max_points,
+        max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, bench=not no_bench, progress=progress,
+    )
+    if dry_run:
+        steps = result["estimate"]["steps_per_point"]
+        for p in result["points"]:
+            print(f"  {p['name']}: {p['recipe']} {' '.join('--set ' + s for s in p['set'])} ({steps[p['name']]:,} steps)")
+        print(f"dry run: {len(result['points'])} points checked, nothing written")
+        return
+    print(f"wrote {Path(out) / 'sweep.json'} and {result['report']['html']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script. Returns the exit status."""
     try:

@@ -35,3 +35,6 @@ BENCH_BATCH_SIZE = 32  # rows of the throughput batch
 N_WARMUP = 3
 N_LATENCY = 50
 N_THROUGHPUT = 10
+
+# ---- sweep
+SWEEP_MAX_POINTS = 64  # --max-points: the largest grid a sweep runs without being told

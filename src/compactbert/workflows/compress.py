@@ -174,7 +174,7 @@ def _check_inputs(recipe, overrides, teacher, task, out: Path, data, max_train_s
     teacher_net, tokenizer = load_for_task(teacher, spec)
     _check_teacher_head(teacher)
     teacher_net.eval().requires_grad_(False)
-    _dry_run(recipe, teacher_net, tokenizer, spec, str(source))
+    dry_run_recipe(recipe, teacher_net, tokenizer, spec, str(source))
     eval_features = encode(eval_ex, tokenizer, recipe.max_seq_length)
     return _Inputs(spec, recipe, mode, config, train_ex, eval_split, eval_features, teacher_net, tokenizer, bf16)
 
@@ -262,7 +262,7 @@ def _finish(inp: _Inputs, out: Path) -> None:
     atomic_write_json(out / SIZE_FILE, model_size_report(final, inp.tokenizer))
 
 
-def _dry_run(rec, teacher_net, tokenizer, spec, source: str) -> None:
+def dry_run_recipe(rec, teacher_net, tokenizer, spec, source: str) -> None:
     """Attach every stage's methods to a throw-away copy of the student, before anything is written.
 
     Errors that depend on the model (a target pattern that matches no module, a layer index past

@@ -14,7 +14,7 @@ from scipy.stats import pearsonr, spearmanr
 from compactbert.cli import main
 from compactbert.embedding.encoder import HFSentenceEncoder, open_encoder
 from compactbert.embedding.evaluate import evaluate_embedding, is_embedding_task, retrieval_metrics, similarity_metrics
-from compactbert.embedding.pooling import (
+from compactbert.nn.pooling import (
     DEFAULT_POOLING,
     Pooling,
     pool,

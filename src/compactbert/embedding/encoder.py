@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UserError
-from .pooling import DEFAULT_POOLING, Pooling, pool, read_pooling
+from ..nn.pooling import DEFAULT_POOLING, Pooling, pool, read_pooling
 
 __all__ = ["HFSentenceEncoder", "open_encoder", "find_pooling", "embedding_model_pooling"]
 

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..embedding.pooling import DEFAULT_POOLING, Pooling, pool, pooling_from_dict
+from ..nn.pooling import DEFAULT_POOLING, Pooling, pool, pooling_from_dict
 from .. import defaults as D
 from ..errors import UserError
 from .encoder import LeanEncoder

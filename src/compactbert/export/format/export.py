@@ -59,7 +59,7 @@ def export_packed(
             original token). Texts with tokens never seen in ``prune_vocab_texts`` change meaning
             less with ``"nearest"``.
         pooling: For a sentence-embedding model: its pooling
-            (:meth:`compactbert.embedding.pooling.Pooling.to_dict`), stored as ``config["pooling"]``
+            (:meth:`compactbert.nn.pooling.Pooling.to_dict`), stored as ``config["pooling"]``
             for :meth:`PackedModel.encode <compactbert.runtime.PackedModel.encode>` (default there:
             mean pooling, L2-normalised).
 

@@ -140,7 +140,8 @@ def test_plots_without_timings_are_skipped(tmp_path):
     paths = write_inputs(tmp_path / "in")
     out = tmp_path / "report"
     (out).mkdir()
-    (out / "accuracy_vs_latency.png").write_bytes(b"stale")
+    (out / "accuracy_vs_latency.png").write_bytes(b"stale")  # an earlier report's plot
+    (out / "report.json").write_text('{"entries": []}\n')
     result = make_report([paths["run"]], out)
     assert [p.name for p in result["plots"]] == ["accuracy_vs_bytes.png"]
     assert not (out / "accuracy_vs_latency.png").exists()  # a stale plot is removed

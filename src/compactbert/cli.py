@@ -238,16 +238,19 @@ def export(
     task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task for --prune-vocab (default: the run's).", show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Data for --prune-vocab (default: the run's).", show_default=False)] = None,
     max_positions: Annotated[Optional[int], typer.Option(help="Keep only the first N position embeddings (longer inputs are refused).", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out as a whole even if it holds other files (never the model being exported).")] = False,
 ) -> None:
     """Export a model: a packed directory (small on disk, fast with compactbert.load) or ONNX.
+
+    --out must be new, empty or an earlier export of the same format (it is replaced); anything
+    else needs --overwrite.
 
     Example: compactbert export runs/sst2-w1a8 --out packed/sst2-w1a8
     """
     from . import api
-    from .fileio import check_output_folder
 
-    check_output_folder(out)
-    target = api.export(path, out, format=format, prune_vocab=prune_vocab, task=task, data=data, max_positions=max_positions)
+    target = api.export(path, out, format=format, prune_vocab=prune_vocab, task=task, data=data, max_positions=max_positions,
+                        overwrite=overwrite)
     total = sum(f.stat().st_size for f in Path(target).rglob("*") if f.is_file())
     print(f"wrote {target} ({total:,} bytes on disk)")
 
@@ -281,14 +284,17 @@ def report(
     paths: Annotated[list[str], typer.Argument(help="Run directories, packed directories and bench.json files.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (index.html, PNG plots, report.md).")] = Path("report"),
     title: Annotated[str, typer.Option(help="Title of the report.")] = "compactbert report",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out as a whole even if it holds other files.")] = False,
 ) -> None:
     """Accuracy x size x latency: a table and plots (PNG + HTML).
+
+    --out must be new, empty or an earlier report (it is replaced); anything else needs --overwrite.
 
     Example: compactbert report runs/sst2 runs/sst2-w1a8 packed/sst2-w1a8/bench.json --out report
     """
     from . import api
 
-    api.report(paths, out, title=title)
+    api.report(paths, out, title=title, overwrite=overwrite)
 
 
 @app.command(no_args_is_help=True)
@@ -328,7 +334,11 @@ def sweep(
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script. Returns the exit status."""
     try:
-        app(args=argv, standalone_mode=False)
+        status = app(args=argv, standalone_mode=False)
+        if isinstance(status, int) and not isinstance(status, bool) and status:  # typer >= 0.2x: Ctrl-C returns 130
+            if status == 130:
+                print("interrupted", file=sys.stderr)
+            return status
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -181,52 +181,56 @@ def _html(entries: list[dict[str, Any]], plots: list[Path], title: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, title: str = "compactbert report") -> dict[str, Any]:
+def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, title: str = "compactbert report",
+                overwrite: bool = False) -> dict[str, Any]:
     """Collect the models under ``paths`` and write the table, plots and HTML page into ``out_dir``.
 
     Args:
         paths: run directories, packed directories, model folders, bench.json / eval.json /
             size.json files (see :mod:`compactbert.report.collect`).
-        out_dir: the folder to write (created).
+        out_dir: the folder to write: new, empty or an earlier report (replaced as a whole);
+            another folder only with ``overwrite``; never one of ``paths`` or a folder holding or
+            inside one. Written into a staging folder and renamed into place.
         title: the page title.
+        overwrite: replace a non-empty ``out_dir`` that is not an earlier report.
 
     Returns:
         ``{"out_dir", "html", "markdown", "json", "plots": [png paths], "entries": [...]}``.
 
     Raises:
         UserError: a path that does not exist or holds nothing to report, a malformed file, or an
-            output path that is a file.
+            output folder that may not be written (see :func:`compactbert.outdir.check_output`).
     """
-    entries = collect(paths)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"report output {str(out)!r} is a file; expected a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create report directory {str(out)!r}: {e.strerror or e}") from None
+    from ..outdir import check_output, staged_output
     from .plots import scatter_plot
 
-    plots: list[Path] = []
-    for fname, key, xlabel, ptitle, unit, higher in PLOTS:
-        target = out / fname
-        png = scatter_plot(entries, key, target, xlabel, ptitle, x_unit=unit, higher_x_better=higher)
-        if png is not None:
-            plots.append(png)
-        elif target.exists():  # a stale plot from an earlier report would contradict this one
-            target.unlink()
-    md = out / "report.md"
-    md.write_text(f"# {title}\n\n" + format_table(entries)
-                  + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots))
-    page = out / "index.html"
-    page.write_text(_html(entries, plots, title))
-    js = out / "report.json"
-    js.write_text(json.dumps({"entries": entries}, indent=2) + "\n")
-    return {"out_dir": out, "html": page, "markdown": md, "json": js, "plots": plots, "entries": entries}
+    paths = list(paths)
+    entries = collect(paths)
+    out = Path(out_dir)
+    check_output(out, own=is_report_output, sources=[Path(p) for p in paths], overwrite=overwrite, command="report")
+    with staged_output(out) as tmp:
+        plots: list[Path] = []
+        for fname, key, xlabel, ptitle, unit, higher in PLOTS:
+            png = scatter_plot(entries, key, tmp / fname, xlabel, ptitle, x_unit=unit, higher_x_better=higher)
+            if png is not None:
+                plots.append(out / png.name)
+        (tmp / "report.md").write_text(f"# {title}\n\n" + format_table(entries)
+                                       + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots))
+        (tmp / "index.html").write_text(_html(entries, [tmp / p.name for p in plots], title))
+        (tmp / "report.json").write_text(json.dumps({"entries": entries}, indent=2) + "\n")
+    return {"out_dir": out, "html": out / "index.html", "markdown": out / "report.md", "json": out / "report.json",
+            "plots": plots, "entries": entries}
+
+
+def is_report_output(folder: Path) -> bool:
+    """Whether ``folder`` holds an earlier report and nothing else (``report`` replaces it)."""
+    names = {p.name for p in folder.iterdir()}
+    own = {"index.html", "report.md", "report.json", *(fname for fname, *_ in PLOTS)}
+    return "report.json" in names and names <= own
 
 
 def report(paths: Sequence[str | os.PathLike], out: str | os.PathLike = "report", title: str = "compactbert report",
-           show: bool = True) -> Path:
+           show: bool = True, overwrite: bool = False) -> Path:
     """API verb ``compactbert.report``: :func:`make_report`, then the table and the files on screen.
 
     Returns:
@@ -236,7 +240,7 @@ def report(paths: Sequence[str | os.PathLike], out: str | os.PathLike = "report"
         >>> compactbert.report(["runs/teacher", "packed/xtc", "bench.json"], out="report")  # doctest: +SKIP
         PosixPath('report/index.html')
     """
-    result = make_report(paths, out, title=title)
+    result = make_report(paths, out, title=title, overwrite=overwrite)
     if show:
         from rich.console import Console
         from rich.table import Table

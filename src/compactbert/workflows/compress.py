@@ -158,7 +158,7 @@ def _check_inputs(recipe, overrides, teacher, task, out: Path, data, max_train_s
     spec = get_task(task)
     if not isinstance(recipe, Recipe):
         recipe = Recipe.load(source, overrides=overrides)
-    mode = check_output_dir(out, resume=resume, overwrite=overwrite)
+    mode = check_output_dir(out, resume=resume, overwrite=overwrite, sources=[teacher])
     bf16 = recipe.bf16 and bf16_supported()
     config = {
         "teacher": str(teacher), "task": spec.name, "data": None if data is None else str(data),

@@ -17,7 +17,7 @@ from .. import defaults as D
 from ..embedding.evaluate import embedding_task, evaluate_embedding, is_embedding_task
 from ..errors import UserError
 from ..loading import has_classification_head, load_for_task, load_saved, read_model_config
-from ..runs import EVAL_FILE, PACKED, RECIPE_FILE, RUN, Target, open_path
+from ..runs import EVAL_FILE, NAME, PACKED, RECIPE_FILE, RUN, Target, open_path
 
 
 def uses_activation_quantizers(model) -> bool:
@@ -154,6 +154,10 @@ def result_path(target: Target, out: str | os.PathLike | None) -> Path | None:
         raise UserError(f"--out {str(out_path)!r} is a directory; expected a JSON file path")
     if out_path is not None and not out_path.parent.is_dir():
         raise UserError(f"cannot write {str(out_path)!r}: folder {str(out_path.parent)!r} does not exist")
+    if out is not None and target.kind != NAME:  # never a file of the model being evaluated
+        from ..outdir import check_not_source
+
+        check_not_source(out, [target.model_dir()])
     return out_path
 
 

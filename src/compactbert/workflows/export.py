@@ -10,7 +10,7 @@ from ..embedding.encoder import embedding_model_pooling
 from ..errors import UserError
 from ..loading import load_saved
 from ..models import resolve_model
-from ..runs import NAME, Target, open_path
+from ..runs import NAME, PACKED, Target, open_path
 
 FORMATS = ("packed", "onnx")
 
@@ -23,22 +23,29 @@ def export(
     task: str | None = None,
     data: str | os.PathLike | None = None,
     max_positions: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Export a run directory (its ``model/``) or a model folder.
 
     Args:
         path: a finetune/compress run directory or a model folder.
-        out: the folder to write.
+        out: the folder to write. It must be new, empty, or an earlier export of the same format
+            (replaced); any other folder only with ``overwrite`` (replaced as a whole). It may never
+            be, hold or lie inside the model folder being exported. Written into a staging folder
+            next to it, then renamed into place (:mod:`compactbert.outdir`).
         format: ``packed`` (bit-packed weights, pruned structure removed; load with
             :func:`compactbert.load`) or ``onnx`` (FP32 ONNX for ONNX Runtime).
         prune_vocab: keep only the embedding rows of tokens that occur in the task's training and
             dev data (plus special tokens); the tokenizer is remapped.
         task, data: the task data for ``prune_vocab`` (default: the run's own).
         max_positions: keep only the first N position embeddings (inputs longer than N are refused).
+        overwrite: replace a non-empty ``out`` that is not an earlier export.
 
     Returns:
         The output folder.
     """
+    from ..outdir import check_output, staged_output
+
     out = Path(out)
     if format not in FORMATS:
         raise UserError(f"--format {format!r} is not valid; valid: {', '.join(FORMATS)}")
@@ -47,12 +54,15 @@ def export(
         target = open_path(resolve_model(str(path)))
     if target.kind == NAME:
         raise UserError(f"{str(path)!r} does not exist; expected a run directory or a model folder")
+    if format == "onnx" and prune_vocab:
+        raise UserError("--prune-vocab applies to --format packed only")
+    check_output(out, own=is_onnx_output if format == "onnx" else is_packed_output, sources=[target.model_dir()],
+                 overwrite=overwrite, command=f"export --format {format}")
     if format == "onnx":
-        if prune_vocab:
-            raise UserError("--prune-vocab applies to --format packed only")
         from ..export.onnx import export_onnx_path
 
-        export_onnx_path(target.path, out)
+        with staged_output(out) as tmp:
+            export_onnx_path(target.path, tmp)
         return out
     from ..export.pack import export_packed
 
@@ -63,9 +73,28 @@ def export(
     if pooling is not None:
         net = net.base_model
     texts = vocab_texts(target, task, data) if prune_vocab else None
-    export_packed(net, tokenizer, out, prune_vocab_texts=texts, max_positions=max_positions,
-                  pooling=pooling.to_dict(source=False) if pooling is not None else None)
+    with staged_output(out) as tmp:
+        export_packed(net, tokenizer, tmp, prune_vocab_texts=texts, max_positions=max_positions,
+                      pooling=pooling.to_dict(source=False) if pooling is not None else None)
     return out
+
+
+def is_packed_output(folder: Path) -> bool:
+    """Whether ``folder`` holds an earlier packed export and nothing else (``export`` replaces it)."""
+    from ..export.format.constants import CONFIG_FILE, MANIFEST_FILE, TOKENIZER_DIR, WEIGHTS_FILE
+
+    names = {p.name for p in folder.iterdir()}
+    return open_path(folder).kind == PACKED and names <= {MANIFEST_FILE, WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_DIR}
+
+
+def is_onnx_output(folder: Path) -> bool:
+    """Whether ``folder`` holds an earlier ONNX export and nothing else (``export`` replaces it)."""
+    from ..export.format.tokenizer import TOKENIZER_FILES
+    from ..export.onnx import EXPORT_INFO_FILE, ONNX_FILE, ONNX_INT8_FILE
+
+    own = {ONNX_FILE, ONNX_FILE + ".data", ONNX_INT8_FILE, "config.json", EXPORT_INFO_FILE, *TOKENIZER_FILES}
+    names = {p.name for p in folder.iterdir()}
+    return ONNX_FILE in names and EXPORT_INFO_FILE in names and names <= own
 
 
 def vocab_texts(target: Target, task: str | None, data) -> list:

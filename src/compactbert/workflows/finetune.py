@@ -119,7 +119,7 @@ def finetune(
     state = PartialState(cpu=cpu_processes())
     spec = get_task(task)
     out = Path(out)
-    mode = check_output_dir(out, resume=resume, overwrite=overwrite)
+    mode = check_output_dir(out, resume=resume, overwrite=overwrite, sources=[model])
     settings = dict(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, eval_batch_size=eval_batch_size,
                     max_seq_length=max_seq_length, seed=seed, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
                     eval_every=eval_every, save_every=save_every, tensorboard=tensorboard)

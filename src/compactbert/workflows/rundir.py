@@ -32,16 +32,24 @@ def now() -> str:
     return _dt.datetime.now().isoformat(timespec="seconds")
 
 
-def check_output_dir(out: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> str:
+def check_output_dir(out: str | os.PathLike, resume: bool = False, overwrite: bool = False,
+                     sources: Iterable[str | os.PathLike] = ()) -> str:
     """Decide what to do with an output directory, without writing anything.
+
+    ``sources`` are the local folders the run reads (the model, the teacher): ``out`` may not be,
+    hold or lie inside one of them, whatever ``resume`` and ``overwrite`` say.
 
     Returns:
         ``"fresh"`` (missing or empty), ``"resume"`` (a run, and ``resume``) or ``"overwrite"``.
 
     Raises:
-        UserError: ``out`` is a file; it exists and is not a run (needs ``overwrite``); it is a
-            run and neither ``resume`` nor ``overwrite`` was given; it cannot be created.
+        UserError: ``out`` is a file or a source; it exists and is not a run (needs ``overwrite``);
+            it is a run and neither ``resume`` nor ``overwrite`` was given; it cannot be created.
     """
+    from ..fileio import path_exists, user_path
+    from ..outdir import check_not_source
+
+    check_not_source(out, [s for s in sources if path_exists(user_path(s))])
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output {str(out)!r} is a file; expected a directory for the run")

@@ -28,6 +28,10 @@ def size(path: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[
     target = open_path(path)
     if target.kind not in (RUN, PACKED, ONNX, MODEL, OTHER):
         raise UserError(f"{str(path)!r} does not exist; expected a run directory or a model folder")
+    if out is not None:  # never a file of the model being measured (its config.json ...)
+        from ..outdir import check_not_source
+
+        check_not_source(out, [target.model_dir()])
     if target.kind == PACKED:  # a packed directory: what it stores, from its manifest
         report = packed_size_report(target.path)
         if out is not None:

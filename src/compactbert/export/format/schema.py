@@ -73,7 +73,7 @@ class _Entry(_Strict):
     shape: Annotated[list[Dim], Field(min_length=1, max_length=2)]
     encoding: Literal["dense", "rows", "bitmask"]
     bits: Annotated[int, Field(ge=0, le=32)]
-    dtype: Optional[Literal["float16", "float32"]] = None
+    dtype: Optional[Literal["float16", "float32"]]
     parts: Annotated[dict[Name, Name], Field(max_length=MAX_PARTS)]
     bytes: Bytes
     source: Optional[Annotated[str, Field(max_length=1024)]] = None
@@ -87,11 +87,11 @@ class _Entry(_Strict):
 
 
 class EntryV2(_Entry):
-    quant: Optional[QuantV2] = None
+    quant: Optional[QuantV2]
 
 
 class EntryV1(_Entry):
-    quant: Optional[QuantV1] = None
+    quant: Optional[QuantV1]
 
 
 class _Manifest(_Strict):
@@ -170,10 +170,11 @@ class RuntimeConfig(_Strict):
                         Field(max_length=100_000)] = {}
     heads_per_layer: Annotated[list[Dim], Field(max_length=MAX_LAYERS)]
     ffn_per_layer: Annotated[list[Dim], Field(max_length=MAX_LAYERS)]
-    removed: Optional[dict[str, int]] = None
-    act_quant: Optional[dict[Name, ActQuantConfig]] = None
-    vocab: Optional[VocabConfig] = None
-    pooling: Optional[PoolingConfig] = None
+    # absent or present, never null: readers use config.get(key, default)
+    removed: dict[str, int] = None  # type: ignore[assignment]
+    act_quant: dict[Name, ActQuantConfig] = None  # type: ignore[assignment]
+    vocab: VocabConfig = None  # type: ignore[assignment]
+    pooling: PoolingConfig = None  # type: ignore[assignment]
     source_config: Any = None
 
 

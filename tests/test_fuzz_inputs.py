@@ -231,6 +231,26 @@ class DryRun(Exception):
     """Raised in place of loading the model: every input before it was accepted."""
 
 
+@pytest.fixture(autouse=True, scope="module")
+def command_built_once():
+    """Typer turns the app into a click command on every call (most of a call's time); build it once
+    for the whole module. The command is the same object each call would build: only the rebuilding
+    is skipped."""
+    import typer.main
+
+    build = typer.main.get_command
+    built: dict[int, object] = {}
+
+    def get_command(app):
+        if id(app) not in built:
+            built[id(app)] = build(app)
+        return built[id(app)]
+
+    typer.main.get_command = get_command
+    yield
+    typer.main.get_command = build
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("fuzz") / "bert", "bert")

@@ -276,7 +276,8 @@ def _write(ctx: Context, result: dict[str, Any]) -> None:
 def point_record(ctx: Context, pt: Point, status: str) -> dict[str, Any]:
     """A point's entry in sweep.json, before its results are known."""
     return {
-        "name": pt.name, "entry": pt.entry, "recipe": pt.recipe_ref, "set": list(pt.overrides), "grid": pt.grid,
+        "name": pt.name, "entry": pt.entry, "group": pt.entry_name, "recipe": pt.recipe_ref, "set": list(pt.overrides),
+        "grid": pt.grid,
         "status": status, "error": None, "run_dir": str(ctx.out / POINTS_DIR / pt.name),
         "packed_dir": None, "accuracy": None, "metric": None, "packed_bytes": None, "predicted_bytes": None,
         "steps": None, "train_seconds": None,

@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first: the local CPU build; any other torch requirement pulls GBs of CUDA wheels.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	# bench: OpenVINO + NNCF (~60 MB of wheels, ~15 s): CI tests the OpenVINO baselines and backend
+	$(PY) -m pip install -q -e '.[test,bench]'
 	# WordNet for offline synonym augmentation (Debian's wordnet-base, read with NLTK's reader).
 	test -d /usr/share/wordnet || { apt-get update -qq && apt-get install -y -qq wordnet-base; } || echo "warning: wordnet-base not installed; synonym augmentation will be unavailable"
 	touch $(STAMP)

@@ -194,7 +194,8 @@ def test_run_bench_end_to_end_in_child_processes(tiny, tmp_path):
     out = tmp_path / "results"
     result = run_bench(
         packed, tiny["root"] / "teacher", task="sst2", data=tiny["root"] / "dev.jsonl", threads=1, out=out,
-        seq_len=32, batch_size=4, n_warmup=1, n_latency=3, n_throughput=2, progress=True,
+        seq_len=32, batch_size=4, n_warmup=1, n_latency=3, n_throughput=2, progress=True, rounds=1,
+        baselines=["torch-fp32", "ort-fp32", "ort-int8"],
     )
     on_disk = json.loads((out / "bench.json").read_text())
     assert on_disk == result
@@ -226,7 +227,8 @@ def test_run_bench_end_to_end_in_child_processes(tiny, tmp_path):
     assert by["teacher-ort-fp32"]["peak_rss_mb"] < by["teacher-fp32"]["peak_rss_mb"]
     # ratios against both baselines
     ratios = result["ratios"]
-    assert ratios["baselines"] == {"fp32": "teacher-fp32", "ort_int8": "teacher-ort-int8"}
+    assert ratios["baselines"] == {"fp32": "teacher-fp32", "ort_int8": "teacher-ort-int8", "teacher_runtime": "teacher-runtime"}
+    assert ratios["vs_teacher_runtime"] == {}  # not measured this time
     assert set(ratios["vs_fp32"]) == {"student-packed", "teacher-ort-fp32", "teacher-ort-int8"}
     r = ratios["vs_fp32"]["student-packed"]
     assert r["throughput_bs32"] == pytest.approx(by["student-packed"]["throughput_bs32"] / by["teacher-fp32"]["throughput_bs32"])

@@ -258,7 +258,7 @@ def export(
 @app.command(no_args_is_help=True)
 def bench(
     paths: Annotated[list[str], typer.Argument(help="Packed directories (or ONNX / model folders) to measure.", show_default=False)],
-    baseline: Annotated[Optional[str], typer.Option("--baseline", help="The FP32 teacher (run directory or model folder): measured in PyTorch eager and as ONNX Runtime FP32/int8.", show_default=False)] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="The FP32 teacher (run directory or model folder): measured in PyTorch FP32/bf16, ONNX Runtime int8, OpenVINO (pip install 'compactbert[bench]') and compactbert's runtime.", show_default=False)] = None,
     task: Annotated[Optional[str], typer.Option("--task", "-t", help="Also measure accuracy on this task's dev set.", show_default=False)] = None,
     data: _Data = None,
     threads: Annotated[int, typer.Option("--threads", help="Threads for every runtime.")] = D.THREADS,
@@ -266,16 +266,22 @@ def bench(
     n_latency: Annotated[int, typer.Option(help="Timed batch-1 runs per model.")] = D.N_LATENCY,
     n_throughput: Annotated[int, typer.Option(help="Timed batch-32 runs per model.")] = D.N_THROUGHPUT,
     max_eval_samples: Annotated[Optional[int], typer.Option(help="Accuracy on a fixed subset of this many dev examples.", show_default=False)] = None,
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds: every model once per round; medians and min-max reported.")] = D.BENCH_ROUNDS,
+    clock: Annotated[str, typer.Option(help="wall, or cpu (process CPU time, all threads).")] = "wall",
+    baselines: Annotated[Optional[str], typer.Option(help="Comma-separated teacher variants (default: torch-fp32,torch-bf16,ort-int8,ort-int8-fused,ov-fp32,ov-default,ov-int8,runtime; 'none' for none).", show_default=False)] = None,
 ) -> None:
-    """Latency (batch 1, p50/p90), throughput (batch 32, seq 128), peak memory, bytes on disk and accuracy, side by side.
+    """Latency (batch 1, p50/p90), throughput (batch 32, seq 128), peak memory, bytes on disk and accuracy, side by side, in interleaved rounds.
 
     Example: compactbert bench packed/sst2-w1a8 --baseline runs/sst2 --task sst2 --data ../shared/data/glue --threads 2
     """
     from . import api
 
+    extra = {}
+    if baselines is not None:
+        extra["baselines"] = [] if baselines.strip() == "none" else [b.strip() for b in baselines.split(",") if b.strip()]
     api.bench(
         paths, baseline, task=task, data=data, threads=threads, out=out, n_latency=n_latency,
-        n_throughput=n_throughput, max_eval_samples=max_eval_samples,
+        n_throughput=n_throughput, max_eval_samples=max_eval_samples, rounds=rounds, clock=clock, **extra,
     )
 
 

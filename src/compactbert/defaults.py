@@ -32,6 +32,7 @@ PACKED_FLOAT_BITS = 16  # tensors without a quantizer: fp16 in the packed format
 THREADS = 2  # intra-op threads of every benchmarked runtime
 BENCH_SEQ_LEN = MAX_SEQ_LENGTH  # tokens per timing row
 BENCH_BATCH_SIZE = 32  # rows of the throughput batch
+BENCH_ROUNDS = 3  # interleaved rounds: every model once per round, median and min-max reported
 N_WARMUP = 3
 N_LATENCY = 50
 N_THROUGHPUT = 10

@@ -35,12 +35,19 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
     """A JSON-able summary of the machine and the software stack.
 
     Returns:
-        ``{"cpu", "flags" (list of kernel-relevant CPU flags), "logical_cpus", "loadavg_1m"
+        ``{"cpu", "flags" (list of kernel-relevant CPU flags), "avx512", "vnni", "amx", "native_bf16"
+        (booleans), "summary" (:func:`flags_summary`), "logical_cpus", "loadavg_1m"
         (load when the benchmark started: others' work on a shared machine skews timings),
         "threads", "python", "platform", "torch", "onnxruntime", "transformers"}``; a library that
         is not installed is reported as None.
     """
     info = cpu_info()
+    flags = set(info["flags"])
+    info["avx512"] = "avx512f" in flags
+    info["vnni"] = bool({"avx512_vnni", "avx_vnni"} & flags)
+    info["amx"] = bool({"amx_bf16", "amx_int8", "amx_tile"} & flags)
+    info["native_bf16"] = bool({"avx512_bf16", "amx_bf16"} & flags)
+    info["summary"] = flags_summary(info)
     info["logical_cpus"] = os.cpu_count()
     try:
         info["loadavg_1m"] = round(os.getloadavg()[0], 2)
@@ -51,7 +58,7 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
     info["platform"] = platform.platform(terse=True)
     from importlib.metadata import PackageNotFoundError, version
 
-    for dist in ("torch", "onnxruntime", "transformers"):
+    for dist in ("torch", "onnxruntime", "transformers", "openvino", "nncf"):
         try:
             info[dist] = version(dist)
         except PackageNotFoundError:
@@ -60,7 +67,9 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
 
 
 def flags_summary(info: dict[str, Any]) -> str:
-    """One line such as ``"AVX-512 VNNI, AVX-512 BF16, AMX (bf16, int8)"`` for tables."""
+    """One line such as ``"AVX-512, VNNI, AVX-512 BF16, AMX (bf16, int8)"`` for tables; what the
+    CPU lacks of AVX-512, VNNI, AMX and native bf16 is said too (``"AVX2; no AVX-512, VNNI, AMX,
+    native bf16"``): it decides which engines' fast paths exist."""
     flags = set(info.get("flags") or [])
     parts = []
     if "avx512f" in flags:
@@ -74,4 +83,9 @@ def flags_summary(info: dict[str, Any]) -> str:
     amx = [k for k in ("bf16", "int8") if f"amx_{k}" in flags]
     if amx:
         parts.append(f"AMX ({', '.join(amx)})")
-    return ", ".join(parts) or "no AVX2"
+    absent = [name for name, have in (
+        ("AVX-512", "avx512f" in flags), ("VNNI", bool({"avx512_vnni", "avx_vnni"} & flags)), ("AMX", bool(amx)),
+        ("native bf16", bool({"avx512_bf16", "amx_bf16"} & flags)),
+    ) if not have]
+    line = ", ".join(parts) or "no AVX2"
+    return line + (f"; no {', '.join(absent)}" if absent else "")

@@ -9,6 +9,12 @@
   building the runner (bare Python + numpy) and after (libraries + model). Run each model in a fresh
   process for these to mean anything.
 * **Predictions** on the accuracy batches, returned as logits for the parent to score.
+* **Clock**: ``"wall"`` (``time.perf_counter``, default) or ``"cpu"`` (``time.process_time``: the
+  CPU-seconds of every thread of the process, so with 2 threads a call costs ~2x its wall time;
+  insensitive to waiting for a core another process holds, but an engine's spin-waiting threads
+  count). Throughput under the CPU clock is sequences per CPU-second.
+* **Load**: the cores other processes used on average while the latency and throughput calls ran
+  (:mod:`compactbert.bench.load`), recorded as ``others_cores``.
 """
 
 from __future__ import annotations
@@ -23,18 +29,30 @@ import numpy as np
 
 from .. import defaults as D
 
-__all__ = ["time_calls", "measure_latency", "measure_throughput", "rss_mb", "peak_rss_mb", "measure_runner"]
+__all__ = ["CLOCKS", "clock_fn", "time_calls", "measure_latency", "measure_throughput", "rss_mb", "peak_rss_mb", "measure_runner"]
 
 
-def time_calls(fn: Callable[[], Any], n_warmup: int, n_runs: int) -> list[float]:
-    """Call ``fn`` ``n_warmup`` times untimed, then ``n_runs`` times timed; the times in milliseconds."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def clock_fn(clock: str) -> Callable[[], float]:
+    """The timer of ``clock`` (``"wall"`` or ``"cpu"``)."""
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; valid: {', '.join(CLOCKS)}")
+    return CLOCKS[clock]
+
+
+def time_calls(fn: Callable[[], Any], n_warmup: int, n_runs: int, clock: str = "wall") -> list[float]:
+    """Call ``fn`` ``n_warmup`` times untimed, then ``n_runs`` times timed; the times in milliseconds
+    of ``clock`` (``"wall"`` or ``"cpu"``)."""
+    timer = clock_fn(clock)
     for _ in range(n_warmup):
         fn()
     times = []
     for _ in range(n_runs):
-        t0 = time.perf_counter()
+        t0 = timer()
         fn()
-        times.append((time.perf_counter() - t0) * 1e3)
+        times.append((timer() - t0) * 1e3)
     return times
 
 
@@ -42,7 +60,8 @@ def _rows(feed: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v[i : i + 1]) for k, v in feed.items()}
 
 
-def measure_latency(runner, feed: dict[str, np.ndarray], n_warmup: int = D.N_WARMUP, n_runs: int = D.N_LATENCY) -> dict[str, float]:
+def measure_latency(runner, feed: dict[str, np.ndarray], n_warmup: int = D.N_WARMUP, n_runs: int = D.N_LATENCY,
+                    clock: str = "wall") -> dict[str, float]:
     """Batch-1 latency of ``runner`` over the rows of ``feed`` (row ``k % rows`` at call ``k``).
 
     Returns:
@@ -50,7 +69,7 @@ def measure_latency(runner, feed: dict[str, np.ndarray], n_warmup: int = D.N_WAR
     """
     rows = [_rows(feed, i) for i in range(next(iter(feed.values())).shape[0])]
     k = iter(range(10**12))
-    times = time_calls(lambda: runner(rows[next(k) % len(rows)]), n_warmup, n_runs)
+    times = time_calls(lambda: runner(rows[next(k) % len(rows)]), n_warmup, n_runs, clock)
     arr = np.asarray(times)
     return {
         "p50": float(np.percentile(arr, 50)), "p90": float(np.percentile(arr, 90)),
@@ -58,14 +77,15 @@ def measure_latency(runner, feed: dict[str, np.ndarray], n_warmup: int = D.N_WAR
     }
 
 
-def measure_throughput(runner, feed: dict[str, np.ndarray], n_warmup: int = 2, n_runs: int = 10) -> dict[str, float]:
+def measure_throughput(runner, feed: dict[str, np.ndarray], n_warmup: int = 2, n_runs: int = 10,
+                       clock: str = "wall") -> dict[str, float]:
     """Sequences per second of ``runner`` on the whole batch ``feed``.
 
     Returns:
         ``{"seq_per_s", "ms_per_batch_p50", "batch"}``.
     """
     batch = int(next(iter(feed.values())).shape[0])
-    times = time_calls(lambda: runner(feed), n_warmup, n_runs)
+    times = time_calls(lambda: runner(feed), n_warmup, n_runs, clock)
     return {
         "seq_per_s": batch * len(times) / (sum(times) / 1e3),
         "ms_per_batch_p50": float(np.percentile(times, 50)),
@@ -116,6 +136,8 @@ def measure_runner(
     n_warmup: int = D.N_WARMUP,
     n_latency: int = D.N_LATENCY,
     n_throughput: int = D.N_THROUGHPUT,
+    clock: str = "wall",
+    meter=None,
 ) -> tuple[dict[str, Any], np.ndarray | None]:
     """Build a runner and measure it.
 
@@ -125,13 +147,21 @@ def measure_runner(
         evals: accuracy batches (may be empty).
         batch_size: rows of the throughput batch.
         n_warmup, n_latency, n_throughput: untimed and timed calls.
+        clock: ``"wall"`` or ``"cpu"`` (see the module docstring).
+        meter: a :class:`compactbert.bench.load.LoadMeter` (default: the machine's counters).
 
     Returns:
         ``(result, logits)``: result has ``load_s``, ``rss_before_load_mb``, ``rss_after_load_mb``,
         ``latency_ms_bs1_p50/p90/mean``, ``throughput_bs32`` (sequences/s at ``batch_size``),
-        ``ms_per_batch_p50``, ``kernels`` and ``peak_rss_mb``; logits are the concatenated outputs
-        on ``evals`` in batch order (None without evals).
+        ``ms_per_batch_p50``, ``kernels``, ``note`` (what the runner wants said about it, or None),
+        ``clock``, ``others_cores`` (others' cores while timing, None without counters or when
+        the timing was too short for them, see :mod:`compactbert.bench.load`) and
+        ``peak_rss_mb``; logits are the concatenated outputs on ``evals`` in batch order (None
+        without evals).
     """
+    from .load import LoadMeter
+
+    meter = meter if meter is not None else LoadMeter()
     before = rss_mb()
     t0 = time.perf_counter()
     runner = build()
@@ -139,11 +169,14 @@ def measure_runner(
     after = rss_mb()
 
     big = {k: np.ascontiguousarray(v[:batch_size]) for k, v in timing.items()}
-    lat = measure_latency(runner, big, n_warmup, n_latency)
-    thr = measure_throughput(runner, big, max(1, n_warmup - 1), n_throughput)
+    meter.start()
+    lat = measure_latency(runner, big, n_warmup, n_latency, clock)
+    thr = measure_throughput(runner, big, max(1, n_warmup - 1), n_throughput, clock)
+    others = meter.stop()
     logits = None
     if evals:
         logits = np.concatenate([np.asarray(runner(b), dtype=np.float32) for b in evals], axis=0)
+    info = getattr(runner, "info", None) or {}
     result = {
         "load_s": load_s,
         "rss_before_load_mb": before,
@@ -154,6 +187,9 @@ def measure_runner(
         "throughput_bs32": thr["seq_per_s"],
         "ms_per_batch_p50": thr["ms_per_batch_p50"],
         "kernels": getattr(runner, "kernels", None),
+        "note": info.get("note") if isinstance(info, dict) else None,
+        "clock": clock,
+        "others_cores": others,
         "peak_rss_mb": peak_rss_mb(),
     }
     return result, logits

@@ -18,15 +18,49 @@ from typing import Any
 from .. import defaults as D
 from ..errors import UserError, did_you_mean
 from ..runs import MODEL, NAME, ONNX, ONNX_FILE, PACKED, RUN, nearest_existing, open_path
-from .result import BENCH_FILE, FP32_BASELINE, NOT_MODEL_FILES
+from .result import BENCH_FILE, FP32_BASELINE, NOT_MODEL_FILES, RUNTIME_BASELINE
 
-__all__ = ["BASELINE_KINDS", "DEFAULT_BASELINES", "ModelSpec", "BenchSettings", "BenchPlan", "make_plan", "add_baselines"]
+__all__ = ["BASELINE_KINDS", "DEFAULT_BASELINES", "ModelSpec", "BenchSettings", "BenchPlan", "make_plan", "add_baselines",
+           "missing_engine", "CALIBRATION_SIZE"]
 
-# Baselines derived from the teacher. "ort-int8" is ONNX Runtime's quantize_dynamic on the exported
-# graph ("just quantize it"); the "-fused" ones first run ORT's transformer optimizer (Attention,
-# SkipLayerNorm, BiasGelu fusion), as ORT's BERT tutorials do; "torch-int8" is PyTorch dynamic int8.
-BASELINE_KINDS = ("torch-fp32", "ort-fp32", "ort-int8", "torch-int8", "ort-fp32-fused", "ort-int8-fused")
-DEFAULT_BASELINES = ("torch-fp32", "ort-fp32", "ort-int8")
+# Baselines derived from the teacher: what a user would run instead of compressing.
+# * "torch-fp32" / "torch-bf16": the teacher in PyTorch eager, FP32 and cast to bf16 (labelled
+#   "emulated" on a CPU without native bf16, where it is measured anyway); "torch-int8": PyTorch
+#   dynamic int8.
+# * "ort-int8": ONNX Runtime's quantize_dynamic on the exported graph ("just quantize it"); the
+#   "-fused" ones first run ORT's transformer optimizer (Attention, SkipLayerNorm, BiasGelu fusion),
+#   as ORT's BERT tutorials do.
+# * "ov-fp32" (precision forced to f32), "ov-default" (OpenVINO's own choice: bf16 on AMX CPUs, f32
+#   elsewhere), "ov-int8" (NNCF post-training int8, calibrated on CALIBRATION_SIZE training
+#   examples): need the optional `bench` extra (pip install compactbert[bench]); without it their
+#   rows say so and are skipped.
+# * "runtime": the teacher packed and run through compactbert's own runtime, so a compressed model's
+#   gain is split into the compression's and the runtime's (the "x teacher-runtime" column).
+BASELINE_KINDS = (
+    "torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "torch-int8", "ort-fp32-fused", "ort-int8-fused",
+    "ov-fp32", "ov-default", "ov-int8", "runtime",
+)
+DEFAULT_BASELINES = ("torch-fp32", "torch-bf16", "ort-int8", "ort-int8-fused", "ov-fp32", "ov-default", "ov-int8",
+                     "runtime")
+# Row names of the baselines (kinds not listed are "teacher-<kind>").
+BASELINE_NAMES = {"torch-fp32": FP32_BASELINE, "runtime": RUNTIME_BASELINE}
+CALIBRATION_SIZE = 300  # training examples NNCF calibrates ov-int8 on
+OV_FILE = "model.xml"  # an OpenVINO IR baseline's graph (weights in model.bin beside it)
+# The optional packages each engine needs, and how to get them.
+ENGINE_PACKAGES = {"ov": ("openvino",), "ov-int8": ("openvino", "nncf")}
+BENCH_EXTRA_HINT = "pip install 'compactbert[bench]'"
+
+
+def missing_engine(kind: str) -> str | None:
+    """Why the engine of baseline ``kind`` cannot run here (an optional package is not installed),
+    or None when it can."""
+    import importlib.util
+
+    need = ENGINE_PACKAGES.get(kind) or (ENGINE_PACKAGES["ov"] if kind.startswith("ov") else ())
+    absent = [m for m in need if importlib.util.find_spec(m) is None]
+    if not absent:
+        return None
+    return f"skipped: {' and '.join(absent)} not installed ({BENCH_EXTRA_HINT})"
 
 
 @dataclass
@@ -40,6 +74,7 @@ class ModelSpec:
         files: the folder (or file) whose bytes are the model's size on disk.
         tokenizer_dir: where the model's tokenizer is.
         role: ``"compressed"`` or ``"baseline"``.
+        skip: why the model is not measured (an optional engine is not installed), or None.
     """
 
     name: str
@@ -48,6 +83,7 @@ class ModelSpec:
     files: Path
     tokenizer_dir: Path
     role: str = "compressed"
+    skip: str | None = None
 
 
 @dataclass
@@ -63,10 +99,15 @@ class BenchSettings:
     max_seq_length: int = D.MAX_SEQ_LENGTH
     isolate: bool = True
     child_timeout: float | None = None
+    rounds: int = D.BENCH_ROUNDS
+    clock: str = "wall"
 
     def check(self) -> None:
         """Raise a UserError naming the first setting out of range."""
         _positive_int(self.threads, "--threads")
+        _positive_int(self.rounds, "--rounds")
+        if self.clock not in ("wall", "cpu"):
+            raise UserError(f"--clock {self.clock!r} is not valid; valid: wall, cpu")
         _positive_int(self.seq_len, "sequence length")
         if self.seq_len < 4:
             raise UserError(f"sequence length {self.seq_len} is too short; give at least 4 (special tokens + text), e.g. 128")
@@ -90,6 +131,8 @@ class BenchPlan:
         split: the split's name.
         examples: the scored examples.
         out_path: where ``bench.json`` goes (None: nowhere).
+        data: where the task's examples are (the calibration set of ``ov-int8`` comes from its
+            training split).
     """
 
     specs: list[ModelSpec]
@@ -100,6 +143,7 @@ class BenchPlan:
     split: str | None = None
     examples: list = field(default_factory=list)
     out_path: Path | None = None
+    data: Any = None
 
 
 def _positive_int(value: Any, what: str) -> int:
@@ -131,6 +175,7 @@ def make_plan(compressed, baseline, baselines: Sequence[str], settings: BenchSet
         raise UserError("nothing to benchmark: give a compressed model directory and/or baselines")
     plan = BenchPlan(specs, settings, baseline, baselines, get_task(task) if task is not None else None)
     plan.out_path = output_path(out)
+    plan.data = data
     if plan.task is not None:
         from ..data.sources import load_examples
 
@@ -183,7 +228,8 @@ def spec_for_compressed(path: str | os.PathLike) -> ModelSpec:
 
 
 def add_baselines(plan: BenchPlan, work: Path, console=None) -> None:
-    """Derive the teacher's baseline variants into ``work`` and append them to ``plan.specs``."""
+    """Derive the teacher's baseline variants into ``work`` and append them to ``plan.specs``
+    (a variant whose engine is not installed gets a row that says so, see :func:`missing_engine`)."""
     if not plan.baselines:
         return
     teacher = teacher_folder(plan.baseline, plan.task, work)
@@ -197,17 +243,45 @@ def add_baselines(plan: BenchPlan, work: Path, console=None) -> None:
                 f"baseline {str(plan.baseline)!r} has {n_out} outputs but task {plan.task.name} needs "
                 f"{plan.task.num_labels}; give the teacher fine-tuned on this task"
             )
+    skips = {b: missing_engine(b) for b in plan.baselines}
+    runnable = [b for b in plan.baselines if skips[b] is None]
     if console:
-        console.print(f"[dim]exporting the teacher to ONNX in {work} ...[/dim]")
-    onnx_dirs = export_baselines(teacher, plan.baselines, work)
+        console.print(f"[dim]deriving the teacher's baselines ({', '.join(runnable) or 'none'}) in {work} ...[/dim]")
+    folders = export_baselines(teacher, runnable, work, calibration_feeds(plan, teacher, runnable))
     for b in plan.baselines:
-        if b == "torch-fp32":
-            plan.specs.append(ModelSpec(FP32_BASELINE, "torch-fp32", teacher, teacher, teacher, "baseline"))
-        elif b == "torch-int8":
-            plan.specs.append(ModelSpec("teacher-torch-int8", "torch-int8", teacher, teacher, teacher, "baseline"))
+        name = BASELINE_NAMES.get(b, f"teacher-{b}")
+        if skips[b] is not None:
+            plan.specs.append(ModelSpec(name, b, teacher, teacher, teacher, "baseline", skip=skips[b]))
+        elif b in ("torch-fp32", "torch-bf16", "torch-int8"):
+            plan.specs.append(ModelSpec(name, b, teacher, teacher, teacher, "baseline"))
+        elif b == "runtime":
+            d = folders[b]
+            plan.specs.append(ModelSpec(name, "packed", d, d, d, "baseline"))
         else:
-            d = onnx_dirs[b]
-            plan.specs.append(ModelSpec(f"teacher-{b}", b, d / ONNX_FILE, d, teacher, "baseline"))
+            d = folders[b]
+            model_file = d / (OV_FILE if b.startswith("ov") else ONNX_FILE)
+            plan.specs.append(ModelSpec(name, b, model_file, d, teacher, "baseline"))
+
+
+def calibration_feeds(plan: BenchPlan, teacher: Path, kinds: Sequence[str]) -> list[dict]:
+    """The ``ov-int8`` calibration set: up to :data:`CALIBRATION_SIZE` training examples of the task
+    (``--data`` itself when it is one file), one feed each, tokenized by the teacher's tokenizer;
+    without a task, the random-token timing rows of the teacher. Empty when ``ov-int8`` is not asked."""
+    if "ov-int8" not in kinds:
+        return []
+    from .inputs import eval_batches, timing_batch
+    from .runners import quiet_load
+
+    _, tok = quiet_load(str(teacher))
+    if plan.task is None:
+        rows = timing_batch(tok, None, 64, plan.settings.seq_len, seed=1)
+        return [{k: v[i : i + 1] for k, v in rows.items()} for i in range(64)]
+    from .. import defaults as D
+    from ..data.sources import load_examples
+
+    examples = load_examples(plan.task, "train", plan.data, CALIBRATION_SIZE, D.SUBSET_SEED)
+    batches, _, _ = eval_batches(tok, examples, plan.settings.max_seq_length, 1)
+    return batches
 
 
 def teacher_folder(baseline: str | os.PathLike, task, work: Path) -> Path:
@@ -234,20 +308,29 @@ def teacher_folder(baseline: str | os.PathLike, task, work: Path) -> Path:
     return out
 
 
-def export_baselines(teacher: Path, kinds: Sequence[str], work: Path) -> dict[str, Path]:
-    """Export the teacher's ONNX files (FP32, int8, fused variants) as the baselines need them.
+def export_baselines(teacher: Path, kinds: Sequence[str], work: Path, calibration: Sequence[dict] = ()) -> dict[str, Path]:
+    """Export the teacher's variants the baselines need: ONNX files (FP32, int8, fused), OpenVINO IR
+    (FP32, NNCF int8 calibrated on the ``calibration`` feeds) and the teacher packed for the runtime.
 
-    Returns ``{kind: folder}``, each folder holding ``model.onnx``, ``config.json`` and the tokenizer.
+    Returns ``{kind: folder}``; an ONNX folder holds ``model.onnx``, an OpenVINO one ``model.xml``
+    (+ ``.bin``), each with ``config.json`` and the tokenizer; ``runtime`` is a packed directory.
     """
     from ..export.onnx import export_onnx, optimize_onnx, quantize_onnx_int8
     from .runners import quiet_load
 
-    need = [k for k in kinds if k.startswith("ort")]
+    need = [k for k in kinds if k.startswith(("ort", "ov")) or k == "runtime"]
     if not need:
         return {}
     model, tok = quiet_load(str(teacher))
     model = model.float()
     folders: dict[str, Path] = {}
+    if "runtime" in need:
+        from ..export.pack import export_packed
+
+        folders["runtime"] = work / "teacher-packed"
+        export_packed(model, tok, folders["runtime"])
+    if not any(k.startswith(("ort", "ov")) for k in need):
+        return folders
     fp32 = work / "ort-fp32"
     export_onnx(model, tok, fp32)
     folders["ort-fp32"] = fp32
@@ -258,7 +341,7 @@ def export_baselines(teacher: Path, kinds: Sequence[str], work: Path) -> dict[st
         for f in fp32.iterdir():  # config + tokenizer travel with every variant
             if f.is_file() and not f.name.endswith(".onnx") and f.name not in NOT_MODEL_FILES:
                 shutil.copy2(f, d / f.name)
-        make(src_file, d / ONNX_FILE)
+        make(src_file, d / (OV_FILE if kind.startswith("ov") else ONNX_FILE))
         return d
 
     if "ort-int8" in need:
@@ -268,7 +351,41 @@ def export_baselines(teacher: Path, kinds: Sequence[str], work: Path) -> dict[st
         folders["ort-fp32-fused"] = fused
         if "ort-int8-fused" in need:
             folders["ort-int8-fused"] = sibling("ort-int8-fused", fused / ONNX_FILE, quantize_onnx_int8)
+    if "ov-fp32" in need or "ov-default" in need:
+        folders["ov-fp32"] = folders["ov-default"] = sibling("ov-fp32", fp32 / ONNX_FILE, openvino_ir)
+    if "ov-int8" in need:
+        folders["ov-int8"] = sibling("ov-int8", fp32 / ONNX_FILE, lambda s, d: openvino_int8_ir(s, d, calibration))
     return folders
+
+
+def openvino_ir(onnx_file: Path, xml: Path) -> Path:
+    """The ONNX model as OpenVINO IR (``model.xml`` + ``model.bin``), weights kept in FP32."""
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(onnx_file)), str(xml), compress_to_fp16=False)
+    return xml
+
+
+def openvino_int8_ir(onnx_file: Path, xml: Path, calibration: Sequence[dict]) -> Path:
+    """NNCF post-training int8 quantization of the ONNX model (transformer preset, calibrated on the
+    ``calibration`` feeds: dicts of int64 ``(1, seq)`` arrays), saved as OpenVINO IR."""
+    import contextlib
+    import io
+    import logging
+
+    import nncf
+    import openvino as ov
+
+    if not calibration:
+        raise ValueError("ov-int8 needs calibration feeds")
+    nncf.set_log_level(logging.ERROR)
+    model = ov.convert_model(str(onnx_file))
+    names = [p.get_any_name() for p in model.inputs]
+    data = nncf.Dataset(list(calibration), lambda feed: {n: feed[n] for n in names if n in feed})
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # progress bars
+        quantized = nncf.quantize(model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
+    ov.save_model(quantized, str(xml), compress_to_fp16=False)
+    return xml
 
 
 def unique_names(specs: list[ModelSpec]) -> None:

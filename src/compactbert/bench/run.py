@@ -2,8 +2,9 @@
 
 Each model runs in a fresh child process (:mod:`compactbert.bench.child`) with the same thread
 settings, so its peak memory is its own; ``isolate=False`` runs it in this process instead.
-:func:`measure_models` is the one loop over the models: a schedule that interleaves repeated
-rounds of the models would replace it, keeping :func:`measure_one` per (model, round).
+:func:`measure_models` measures in interleaved rounds (:mod:`compactbert.bench.rounds`): every
+model once per round, on the same inputs, each round rotated by one; the first round also scores
+the model on the task. :func:`measure_one` is one (model, round).
 """
 
 from __future__ import annotations
@@ -82,54 +83,88 @@ def prepare_inputs(plan: BenchPlan, work: Path) -> dict[str, ModelInputs]:
     return files
 
 
-def measure_models(plan: BenchPlan, inputs: dict[str, ModelInputs], work: Path, console=None) -> list[dict[str, Any]]:
-    """Measure every model of the plan in turn; its rows (scored with a task, agreement added)."""
-    from .result import add_agreement
+def measure_models(plan: BenchPlan, inputs: dict[str, ModelInputs], work: Path, console=None,
+                   measure=None) -> list[dict[str, Any]]:
+    """Measure every model of the plan in interleaved rounds; one row per model (medians and
+    spread over the rounds, scored with a task, agreement added). A model that fails in a round is
+    not run again; a skipped one (engine not installed) is never run.
 
-    rows: list[dict[str, Any]] = []
+    ``measure(plan, spec, inputs, work, tag, console, scored)`` -> ``(result, logits)`` is
+    :func:`measure_one` unless given (tests record the order with it).
+    """
+    from .result import add_agreement
+    from .rounds import combine_rounds, schedule
+
+    measure = measure or measure_one
+    specs = plan.specs
+    runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(specs))}
+    failed: dict[int, dict[str, Any]] = {}
     preds: dict[str, Any] = {}
-    for i, spec in enumerate(plan.specs, start=1):
+    rounds = plan.settings.rounds
+    for r, i in schedule(len(specs), rounds):
+        spec = specs[i]
+        if spec.skip or i in failed:
+            continue
         if console:
-            console.print(f"[{i}/{len(plan.specs)}] {spec.name} ({spec.kind}) ...")
-        row, logits = measure_one(plan, spec, inputs[str(spec.tokenizer_dir.resolve())], work, i, console)
+            console.print(f"[round {r + 1}/{rounds}] [{i + 1}/{len(specs)}] {spec.name} ({spec.kind}) ...")
+        inp = inputs[str(spec.tokenizer_dir.resolve())]
+        result, logits = measure(plan, spec, inp, work, f"{i + 1}-r{r + 1}", console, r == 0)
+        if "error" in result:
+            failed[i] = result
+            continue
+        runs[i].append(result)
         if logits is not None:
             preds[spec.name] = logits
+    rows = []
+    for i, spec in enumerate(specs):
+        measured = combine_rounds(runs[i]) if runs[i] else failed.get(i, {})
+        if runs[i] and i in failed:  # failed in a later round: its good rounds are kept, the error said
+            measured["error"] = f"after {len(runs[i])} round(s): {failed[i]['error']}"
+        row = model_row(spec, measured)
+        if spec.name in preds and plan.task is not None and not score_row(row, plan.task, preds[spec.name], _labels(inputs, spec)):
+            preds.pop(spec.name)
         rows.append(row)
     add_agreement(rows, preds, plan.task)
     return rows
 
 
-def measure_one(plan: BenchPlan, spec: ModelSpec, inp: ModelInputs, work: Path, i: int, console=None):
-    """Measure model number ``i`` (its job, result and logits files go to ``work``); its row and its
-    logits in dev-set order (None without a task or when it failed)."""
+def _labels(inputs: dict[str, ModelInputs], spec: ModelSpec) -> list:
+    return inputs[str(spec.tokenizer_dir.resolve())].labels
+
+
+def measure_one(plan: BenchPlan, spec: ModelSpec, inp: ModelInputs, work: Path, tag: str, console=None,
+                scored: bool = True):
+    """Measure ``spec`` once (its job, result and logits files are named by ``tag`` in ``work``):
+    the child's result (``{"error": ...}`` when it failed) and, when ``scored`` and a task is
+    given, its logits in dev-set order (else None)."""
     import numpy as np
 
     s = plan.settings
     job = {
         "kind": spec.kind, "path": str(spec.path), "threads": s.threads, "inputs": str(inp.file),
         "batch_size": s.batch_size, "n_warmup": s.n_warmup, "n_latency": s.n_latency,
-        "n_throughput": s.n_throughput, "result": str(work / f"result-{i}.json"),
-        "logits": str(work / f"logits-{i}.npy") if inp.scored else None,
+        "n_throughput": s.n_throughput, "clock": s.clock, "result": str(work / f"result-{tag}.json"),
+        "logits": str(work / f"logits-{tag}.npy") if (inp.scored and scored) else None,
     }
     r = run_child(job, s.threads, s.child_timeout) if s.isolate else run_inline(job)
     if "user_error" in r:
         raise UserError(f"{spec.name}: {r['user_error']}")
-    row = model_row(spec, r)
-    if console and "error" not in r:
-        console.print(
-            f"[dim]  bs1 p50 {r['latency_ms_bs1_p50']:.2f} ms, {r['throughput_bs32']:.1f} seq/s at batch "
-            f"{s.batch_size}, peak RSS {fmt(r.get('peak_rss_mb'), '.0f')} MB[/dim]"
-        )
     if "error" in r:
         if console:
             console.print(f"[red]  failed: {r['error']}[/red]")
-        return row, None
+        return r, None
+    if console:
+        others = r.get("others_cores")
+        console.print(
+            f"[dim]  bs1 p50 {r['latency_ms_bs1_p50']:.2f} ms, {r['throughput_bs32']:.1f} seq/s at batch "
+            f"{s.batch_size}, peak RSS {fmt(r.get('peak_rss_mb'), '.0f')} MB"
+            + (f", others used {others:.2f} cores" if isinstance(others, (int, float)) else "") + "[/dim]"
+        )
     if plan.task is None or not job["logits"] or not Path(job["logits"]).is_file():
-        return row, None
+        return r, None
     from ..data.batching import restore_order
 
-    logits = restore_order(inp.order, np.load(job["logits"]))  # (n, num_labels)
-    return row, (logits if score_row(row, plan.task, logits, inp.labels) else None)
+    return r, restore_order(inp.order, np.load(job["logits"]))  # (n, num_labels)
 
 
 def _child_env(threads: int) -> dict[str, str]:

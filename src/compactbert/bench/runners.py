@@ -9,8 +9,15 @@ Kinds:
 
 * ``torch-fp32``: a Hugging Face folder in PyTorch eager FP32 (``compactbert.nn.io.load_model``,
   which also rebuilds compressed layers from ``compression.json``).
+* ``torch-bf16``: the same model cast to bf16 (weights and activations; logits read back as
+  float32). On a CPU without native bf16 (no AVX512-BF16 / AMX) oneDNN converts to and from fp32
+  around each product: it is measured anyway, and the row's ``note`` says so.
 * ``torch-int8``: the same, with ``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear``
   (int8 weights, dynamic per-tensor activations, fbgemm/x86 kernels).
+* ``ov-fp32``, ``ov-default``, ``ov-int8``: an OpenVINO IR (``model.xml``) or ONNX file on
+  OpenVINO's CPU plugin, latency hint (one stream, ``threads`` threads); ``ov-fp32`` forces f32
+  inference precision, the others keep OpenVINO's default for this CPU (bf16 on AMX, f32 here
+  without it); the kernels line says the precision it chose and how many int8 layers run.
 * ``ort-fp32``, ``ort-int8``, ``ort-int8-fused`` ...: any ``.onnx`` file through ONNX Runtime's CPU
   execution provider; the kernels are read from ORT's own optimized graph.
 * ``packed``: a compactbert packed directory through :func:`compactbert.runtime.load`.
@@ -72,14 +79,23 @@ def quiet_load(path: str):
     return model.eval(), tok
 
 
-def _torch_runner(path: str, threads: int | None, int8: bool = False) -> Runner:
+def _torch_runner(path: str, threads: int | None, int8: bool = False, bf16: bool = False) -> Runner:
     import torch
 
     _set_torch_threads(threads)
     model, _ = quiet_load(path)
     model = model.float()  # a checkpoint saved in bf16/fp16 still runs as the FP32 reference
     attn = getattr(model.config, "_attn_implementation", None)
-    if int8:
+    info: dict = {}
+    if bf16:
+        from ..runtime.kernels import cpu_has_native_bf16
+
+        model = model.to(torch.bfloat16)
+        native = cpu_has_native_bf16()
+        kernels = f"PyTorch {torch.__version__} eager bf16 (weights and activations): aten::linear (oneDNN), attention={attn}"
+        if not native:
+            info["note"] = "no native bf16 on this CPU (no AVX512-BF16/AMX): bf16 emulated through fp32"
+    elif int8:
         import warnings
 
         with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao
@@ -100,7 +116,49 @@ def _torch_runner(path: str, threads: int | None, int8: bool = False) -> Runner:
             out = model(**{k: torch.from_numpy(v) for k, v in feed.items()})
         return out.logits.float().numpy()
 
-    return Runner(fn, kernels, names)
+    return Runner(fn, kernels, names, info)
+
+
+def _ov_kernels(compiled, ov_version: str) -> str:
+    """One line: OpenVINO's version, the precision it runs at and how many products run in int8."""
+    products = {"FullyConnected", "MatMul", "Convolution"}
+    try:
+        precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+        precision = precision.to_string() if hasattr(precision, "to_string") else str(precision)
+    except Exception:  # noqa: BLE001 - the description is best effort
+        precision = "?"
+    counts = {"int8": 0, "float": 0}
+    try:
+        for op in compiled.get_runtime_model().get_ops():
+            rt = op.get_rt_info()
+            if "layerType" in rt and rt["layerType"].astype(str) in products:
+                counts["int8" if rt["runtimePrecision"].astype(str) in ("i8", "u8") else "float"] += 1
+    except Exception:  # noqa: BLE001
+        pass
+    return (f"OpenVINO {ov_version.split('-')[0]} CPU plugin, latency hint, inference precision {precision}; "
+            f"products: {counts['int8']} int8, {counts['float']} {precision}")
+
+
+def _ov_runner(path: str, threads: int | None, precision: str | None = None) -> Runner:
+    """An OpenVINO IR / ONNX model on OpenVINO's CPU plugin (``precision``: None keeps OpenVINO's
+    default for this CPU, ``"f32"`` forces FP32)."""
+    import openvino as ov
+
+    core = ov.Core()
+    config: dict = {"PERFORMANCE_HINT": "LATENCY"}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    request = compiled.create_infer_request()
+    names = tuple(p.get_any_name() for p in compiled.inputs)
+
+    def fn(feed: dict[str, np.ndarray]) -> np.ndarray:
+        out = request.infer(feed)
+        return np.asarray(out[compiled.outputs[0]], dtype=np.float32)
+
+    return Runner(fn, _ov_kernels(compiled, ov.__version__), names)
 
 
 # ONNX op types that do the arithmetic (the rest reshape, cast and gather).
@@ -196,9 +254,13 @@ def _packed_runner(path: str, threads: int | None) -> Runner:
 
 
 RUNNER_KINDS: dict[str, Callable[[str, int | None], Runner]] = {
-    "torch-fp32": lambda path, threads: _torch_runner(path, threads, int8=False),
+    "torch-fp32": lambda path, threads: _torch_runner(path, threads),
+    "torch-bf16": lambda path, threads: _torch_runner(path, threads, bf16=True),
     "torch-int8": lambda path, threads: _torch_runner(path, threads, int8=True),
     "ort": _ort_runner,
+    "ov-fp32": lambda path, threads: _ov_runner(path, threads, "f32"),
+    "ov-default": lambda path, threads: _ov_runner(path, threads),
+    "ov-int8": lambda path, threads: _ov_runner(path, threads),
     "packed": _packed_runner,
 }
 
@@ -207,8 +269,9 @@ def build_runner(kind: str, path: str | os.PathLike, threads: int | None) -> Run
     """Build the runner of ``kind`` for the model at ``path``.
 
     Args:
-        kind: ``torch-fp32``, ``torch-int8``, ``packed``, or any kind starting with ``ort``
-            (``ort-fp32``, ``ort-int8``, ...), for which ``path`` is an ``.onnx`` file.
+        kind: ``torch-fp32``, ``torch-bf16``, ``torch-int8``, ``packed``, ``ov-fp32``,
+            ``ov-default``, ``ov-int8`` (``path``: an OpenVINO ``.xml`` or ``.onnx``), or any kind
+            starting with ``ort`` (``ort-fp32``, ``ort-int8``, ...), for which ``path`` is an ``.onnx`` file.
         path: the model folder / packed folder / ONNX file.
         threads: intra-op threads (torch.set_num_threads, ORT intra_op_num_threads); None: default.
     """

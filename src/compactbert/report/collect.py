@@ -93,6 +93,8 @@ def _bench_entries(data: Any, where: Path) -> list[dict[str, Any]]:
     for i, m in enumerate(data["models"]):
         if not isinstance(m, dict) or not m.get("name"):
             raise UserError(f"{str(where)!r}: models[{i}] has no 'name'")
+        if m.get("skipped"):  # an engine that was not installed: nothing was measured
+            continue
         e = _empty(str(m["name"]), where)
         for k in _BENCH_KEYS:
             if m.get(k) is not None:

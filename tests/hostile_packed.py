@@ -128,3 +128,51 @@ def write_tokenizer_file(folder: Path, name: str, data: bytes, compress: bool = 
 
 def vocab_size() -> int:
     return len(toy_vocab())
+
+
+def inflate(folder: Path, **dims: int) -> None:
+    """A careful attacker's large model in a few KB: change config dimensions (``ffn=`` sets every
+    layer's FFN width), rewrite every shape to match, and store every matrix in the ``rows``
+    encoding with one kept row and column (two small bitmaps and one value), dropping the
+    optional biases. Everything adds up except the payload: decoded, the model is huge."""
+    import math as _math
+
+    from compactbert.export.format.check import expected_tensors
+    from safetensors.torch import load_file, save_file
+
+    cfg = read_json(folder / "config.json")
+    ffn = dims.pop("ffn", None)
+    cfg.update(dims)
+    if ffn is not None:
+        cfg["ffn_per_layer"] = [ffn] * len(cfg["ffn_per_layer"])
+    req, opt = expected_tensors(cfg)
+    m = read_json(folder / "manifest.json")
+    old = load_file(str(folder / "model.safetensors"))
+    tensors = {k: old[k] for k in m["extra_tensors"]}
+    entries = {}
+    for name, e in m["tensors"].items():
+        if name not in req and (len(opt.get(name, ())) == 1 or name not in opt):
+            continue  # an optional bias (or a tensor the new config does not have)
+        shape = list(req.get(name) or opt[name])
+        n = _math.prod(shape)
+        entry = {"shape": shape, "bits": 16, "dtype": "float16", "quant": None, "source": e.get("source")}
+        if len(shape) == 1 or n == 0:
+            parts = {"values": name} if n else {}
+            if n:
+                tensors[name] = torch.zeros(n, dtype=torch.float16)
+            entry.update(encoding="dense", parts=parts)
+        else:
+            for part, size in (("rows", shape[0]), ("cols", shape[1])):
+                bitmap = torch.zeros((size + 7) // 8, dtype=torch.uint8)
+                bitmap[0] = 1
+                tensors[f"{name}.{part}"] = bitmap
+            tensors[f"{name}.values"] = torch.ones(1, dtype=torch.float16)
+            entry.update(encoding="rows", parts={p: f"{name}.{p}" for p in ("rows", "cols", "values")})
+        entry["bytes"] = sum(tensors[k].numel() * tensors[k].element_size() for k in entry["parts"].values())
+        entries[name] = entry
+    save_file(tensors, str(folder / "model.safetensors"))
+    m["tensors"] = entries
+    m["payload_bytes"] = sum(t.numel() * t.element_size() for t in tensors.values())
+    write_json(folder / "manifest.json", m)
+    write_json(folder / "config.json", cfg)
+    rehash(folder)

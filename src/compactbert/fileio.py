@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 from .errors import UserError
@@ -16,6 +17,26 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def replace_file(path: Path, data: bytes, mode: int) -> None:
+    """Put ``data`` at ``path`` atomically: readers see the old file or the new one, never a part.
+
+    The bytes go to a temporary file in the same folder, which is fsynced, given permission bits
+    ``mode`` (mkstemp makes it private) and renamed over ``path``; on any failure it is removed.
+    The folder entry itself is not fsynced.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def user_path(text: str | os.PathLike) -> Path:

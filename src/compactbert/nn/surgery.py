@@ -113,22 +113,21 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def compress_modules(
-    model: nn.Module,
-    patterns: str | Sequence[str],
-    kinds: tuple[type[nn.Module], ...] = (nn.Linear,),
-    where: str = "",
-) -> dict[str, nn.Module]:
+def compress_modules(model: nn.Module, patterns: str | Sequence[str], **match: Any) -> dict[str, nn.Module]:
     """Swap every matching Linear (and, if in ``kinds``, Embedding) for its compressed version.
 
     Idempotent: an already compressed layer is kept as it is. The new layers share the old
     layers' Parameters, so an optimizer built before still holds the right tensors.
 
+    Args:
+        model, patterns: as for :func:`match_modules`.
+        match: ``kinds`` and ``where`` (keywords), as for :func:`match_modules`.
+
     Returns:
         ``{name: CompressedLinear | CompressedEmbedding}`` for every matched module.
     """
     out: dict[str, nn.Module] = {}
-    for name, mod in match_modules(model, patterns, kinds, where).items():
+    for name, mod in match_modules(model, patterns, **match).items():
         if not is_compressed(mod):
             if isinstance(mod, nn.Linear):
                 new: nn.Module = CompressedLinear.from_linear(mod)

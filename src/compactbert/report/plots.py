@@ -151,6 +151,15 @@ def draw_scatter(
 ):
     """Draw the plot of :func:`scatter_plot` without saving it.
 
+    Args:
+        entries: models from :func:`compactbert.report.collect.collect`.
+        x_key: the cost field (``file_bytes``, ``latency_ms_bs1_p50``, ``throughput_bs32``).
+        xlabel, title: axis label and title.
+        x_unit: ``"bytes"`` for size ticks (kB/MB/GB), else a suffix for tick labels (``" ms"``).
+        higher_x_better: for the Pareto front (throughput: higher is better).
+        ylabel: y axis label (default "accuracy (%)").
+        dpi: resolution; the figure is 9 x 6.4 inches (1350 x 960 pixels at 150 dpi).
+
     Returns:
         ``(figure, label_boxes)`` (boxes in pixels, one per labelled point), or ``(None, [])`` when
         no model has both values. Close the figure with ``matplotlib.pyplot.close``.
@@ -224,29 +233,24 @@ def scatter_plot(
     out_png: str | Path,
     xlabel: str,
     title: str,
-    x_unit: str = "",
-    higher_x_better: bool = False,
-    ylabel: str | None = None,
+    *,
     dpi: int = 150,
+    **style: Any,
 ) -> Path | None:
     """Accuracy (y, in %) against ``entry[x_key]`` (x, log scale), one labelled point per model.
 
     Args:
-        entries: models from :func:`compactbert.report.collect.collect`.
-        x_key: the cost field (``file_bytes``, ``latency_ms_bs1_p50``, ``throughput_bs32``).
         out_png: the PNG to write.
-        xlabel, title: axis label and title.
-        x_unit: ``"bytes"`` for size ticks (kB/MB/GB), else a suffix for tick labels (``" ms"``).
-        higher_x_better: for the Pareto front (throughput: higher is better).
-        ylabel: y axis label (default "accuracy (%)").
         dpi: resolution; the figure is 9 x 6.4 inches (1350 x 960 pixels at 150 dpi).
+        style: ``x_unit``, ``higher_x_better``, ``ylabel``; these and the other arguments are
+            those of :func:`draw_scatter`.
 
     Returns:
         The PNG path, or None when no model has both values (nothing is written).
     """
     import matplotlib.pyplot as plt
 
-    fig, _ = draw_scatter(entries, x_key, xlabel, title, x_unit, higher_x_better, ylabel, dpi)
+    fig, _ = draw_scatter(entries, x_key, xlabel, title, dpi=dpi, **style)
     if fig is None:
         return None
     out = Path(out_png)

@@ -42,6 +42,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from ..fileio import replace_file
+
 CHECKPOINT_DIR = "checkpoint"
 WEIGHTS_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -79,17 +81,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     The bytes go to a temporary file in the same folder, which is fsynced and renamed over ``path``.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; these are ordinary output files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_file(path, data, 0o666 & ~_umask())  # ordinary output files, as the umask allows
     fsync_dir(path.parent)
     return path
 

@@ -351,3 +351,28 @@ def test_every_baseline_kind_predicts_like_the_teacher(tiny, tmp_path):
             assert agree == 1.0 and diff < 1e-3 * scale, (kind, agree, diff)
         else:  # int8 / bf16 / fp16 weights: the same classes (NNCF on 64 calibration rows moves logits most)
             assert agree >= 0.95, (kind, agree, diff)
+
+
+def test_packed_models_on_each_backend(tiny, tmp_path):
+    from compactbert.errors import UserError
+    from compactbert.export.pack import export_packed
+    from compactbert.runtime.engines import available_engines
+
+    packed = tmp_path / "student-packed"
+    export_packed(tiny["student"], tiny["tok"], packed, float_dtype="float32")
+    backends = ["compactbert", *available_engines()]
+    result = run_bench(
+        packed, None, task="sst2", data=tiny["root"] / "dev.jsonl", baselines=(), threads=1, out=None, seq_len=16,
+        batch_size=2, n_warmup=0, n_latency=1, n_throughput=1, rounds=1, backends=backends, isolate=False,
+        progress=False,
+    )
+    rows = {r["name"]: r for r in result["models"]}
+    assert list(rows) == ["student-packed"] + [f"student-packed@{b}" for b in backends[1:]]
+    for b in backends[1:]:
+        r = rows[f"student-packed@{b}"]
+        assert r["kind"] == f"packed-{b}" and r["throughput_bs32"] > 0
+        assert r["kernels"].startswith({"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}[b])
+        assert r["accuracy"] == rows["student-packed"]["accuracy"]  # the same model, same predictions
+        assert r["file_bytes"] == rows["student-packed"]["file_bytes"]  # the packed directory is the artefact
+    with pytest.raises(UserError, match="--backends: 'tensorrt' is not valid"):
+        run_bench(packed, None, baselines=(), out=None, backends=["tensorrt"], progress=False)

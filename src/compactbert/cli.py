@@ -269,6 +269,7 @@ def bench(
     rounds: Annotated[int, typer.Option(help="Interleaved rounds: every model once per round; medians and min-max reported.")] = D.BENCH_ROUNDS,
     clock: Annotated[str, typer.Option(help="wall, or cpu (process CPU time, all threads).")] = "wall",
     baselines: Annotated[Optional[str], typer.Option(help="Comma-separated teacher variants (default: torch-fp32,torch-bf16,ort-int8,ort-int8-fused,ov-fp32,ov-default,ov-int8,runtime; 'none' for none).", show_default=False)] = None,
+    backends: Annotated[str, typer.Option(help="Run each packed model on these backends: compactbert, onnxruntime, openvino, auto (comma-separated).")] = "compactbert",
 ) -> None:
     """Latency (batch 1, p50/p90), throughput (batch 32, seq 128), peak memory, bytes on disk and accuracy, side by side, in interleaved rounds.
 
@@ -281,7 +282,8 @@ def bench(
         extra["baselines"] = [] if baselines.strip() == "none" else [b.strip() for b in baselines.split(",") if b.strip()]
     api.bench(
         paths, baseline, task=task, data=data, threads=threads, out=out, n_latency=n_latency,
-        n_throughput=n_throughput, max_eval_samples=max_eval_samples, rounds=rounds, clock=clock, **extra,
+        n_throughput=n_throughput, max_eval_samples=max_eval_samples, rounds=rounds, clock=clock,
+        backends=[b.strip() for b in backends.split(",") if b.strip()], **extra,
     )
 
 

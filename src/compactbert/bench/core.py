@@ -92,6 +92,7 @@ def run_bench(
     progress: bool = True,
     rounds: int = D.BENCH_ROUNDS,
     clock: str = "wall",
+    backends: Sequence[str] = ("compactbert",),
 ) -> dict[str, Any]:
     """Benchmark compressed model(s) against the teacher on the engines users would pick instead.
 
@@ -123,6 +124,8 @@ def run_bench(
             timed figure is the median over the rounds, with its min and max in the row's ``spread``.
         clock: ``"wall"`` or ``"cpu"`` (process CPU time, all threads: see
             :mod:`compactbert.bench.measure`).
+        backends: each packed model is measured on each of these (``compactbert``,
+            ``onnxruntime``, ``openvino``, ``auto``; rows ``NAME@BACKEND`` for the others).
 
     Returns:
         The bench.json content (keys in the module docstring; each model's row also has
@@ -134,7 +137,7 @@ def run_bench(
             range, no baseline where one is needed, a compressed model that fails to load.
     """
     settings = BenchSettings(threads, seq_len, batch_size, n_warmup, n_latency, n_throughput, max_seq_length,
-                             isolate, child_timeout, rounds, clock)
+                             isolate, child_timeout, rounds, clock, tuple(backends))
     plan = make_plan(compressed_dir, baseline, baselines, settings, task, data, split, max_eval_samples, out)
     console = _console() if progress else None
     tmp = None if keep_dir is not None else tempfile.TemporaryDirectory(prefix="compactbert-bench-")

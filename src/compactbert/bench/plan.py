@@ -101,6 +101,7 @@ class BenchSettings:
     child_timeout: float | None = None
     rounds: int = D.BENCH_ROUNDS
     clock: str = "wall"
+    backends: tuple[str, ...] = ("compactbert",)
 
     def check(self) -> None:
         """Raise a UserError naming the first setting out of range."""
@@ -108,6 +109,13 @@ class BenchSettings:
         _positive_int(self.rounds, "--rounds")
         if self.clock not in ("wall", "cpu"):
             raise UserError(f"--clock {self.clock!r} is not valid; valid: wall, cpu")
+        from ..runtime.engines import BACKENDS
+
+        if not self.backends:
+            raise UserError(f"--backends is empty; valid: a comma-separated list of {', '.join(BACKENDS)}")
+        for b in self.backends:
+            if b not in BACKENDS:
+                raise UserError(f"--backends: {b!r} is not valid{did_you_mean(b, BACKENDS)}; valid: {', '.join(BACKENDS)}")
         _positive_int(self.seq_len, "sequence length")
         if self.seq_len < 4:
             raise UserError(f"sequence length {self.seq_len} is too short; give at least 4 (special tokens + text), e.g. 128")
@@ -171,6 +179,7 @@ def make_plan(compressed, baseline, baselines: Sequence[str], settings: BenchSet
         raise UserError("no --baseline given: name the FP32 teacher (a run directory, a model folder or minilm-l6)")
     paths = [] if compressed is None else [compressed] if isinstance(compressed, (str, os.PathLike)) else list(compressed)
     specs = [spec_for_compressed(p) for p in paths]
+    specs = on_backends(specs, settings.backends)
     if not specs and not baselines:
         raise UserError("nothing to benchmark: give a compressed model directory and/or baselines")
     plan = BenchPlan(specs, settings, baseline, baselines, get_task(task) if task is not None else None)
@@ -182,6 +191,29 @@ def make_plan(compressed, baseline, baselines: Sequence[str], settings: BenchSet
         plan.split = split or plan.task.eval_splits[0]
         plan.examples = load_examples(plan.task, plan.split, data, max_eval_samples, D.SUBSET_SEED)
     return plan
+
+
+def on_backends(specs: list[ModelSpec], backends: Sequence[str]) -> list[ModelSpec]:
+    """Each packed model once per backend (``compactbert`` keeps its name and kind ``packed``; others
+    are named ``NAME@BACKEND``, kind ``packed-BACKEND``); an engine that is not installed gives a
+    skipped row. Other models are kept as they are."""
+    from ..runtime.engines import available_engines
+
+    out: list[ModelSpec] = []
+    for spec in specs:
+        if spec.kind != "packed":
+            out.append(spec)
+            continue
+        for b in dict.fromkeys(backends):
+            if b == "compactbert":
+                out.append(spec)
+                continue
+            skip = None
+            if b in ("onnxruntime", "openvino") and b not in available_engines():
+                skip = f"skipped: {b} not installed ({BENCH_EXTRA_HINT})"
+            out.append(ModelSpec(f"{spec.name}@{b}", f"packed-{b}", spec.path, spec.files, spec.tokenizer_dir,
+                                 spec.role, skip))
+    return out
 
 
 def output_path(out: str | os.PathLike | None) -> Path | None:

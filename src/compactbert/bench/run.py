@@ -49,7 +49,7 @@ def _load_tokenizer(folder: Path, kind: str):
 
     with quiet_transformers():
         try:
-            if kind == "packed":
+            if kind.startswith("packed"):
                 from ..export.pack import load_packed_tokenizer
 
                 tok = load_packed_tokenizer(folder)

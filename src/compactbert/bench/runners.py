@@ -20,7 +20,9 @@ Kinds:
   without it); the kernels line says the precision it chose and how many int8 layers run.
 * ``ort-fp32``, ``ort-int8``, ``ort-int8-fused`` ...: any ``.onnx`` file through ONNX Runtime's CPU
   execution provider; the kernels are read from ORT's own optimized graph.
-* ``packed``: a compactbert packed directory through :func:`compactbert.runtime.load`.
+* ``packed``: a compactbert packed directory through :func:`compactbert.runtime.load`;
+  ``packed-onnxruntime``, ``packed-openvino``, ``packed-auto``: the same directory on that backend
+  (``load(DIR, backend=...)``: an ONNX graph of the decoded weights, see :mod:`compactbert.runtime.engines`).
 
 Runners are built inside the benchmark's child process, so the imports here are local: an ONNX
 Runtime child never imports torch (its memory is ORT's alone).
@@ -225,18 +227,15 @@ def _describe_packed(model) -> str:
     return "; ".join(parts)
 
 
-def _packed_runner(path: str, threads: int | None) -> Runner:
-    """The compressed model from a packed directory, via :func:`compactbert.runtime.load`."""
+def _packed_runner(path: str, threads: int | None, backend: str = "compactbert") -> Runner:
+    """The compressed model from a packed directory, via :func:`compactbert.runtime.load` on
+    ``backend`` (``compactbert``, ``onnxruntime``, ``openvino``, ``auto``)."""
     import torch
 
     from ..runtime import load
 
     _set_torch_threads(threads)
-    kwargs = {}
-    params = inspect.signature(load).parameters
-    if "threads" in params:
-        kwargs["threads"] = threads
-    model = load(path, **kwargs)
+    model = load(path, threads=threads, backend=backend)
 
     def fn(feed: dict[str, np.ndarray]) -> np.ndarray:
         types = feed.get("token_type_ids")
@@ -262,6 +261,9 @@ RUNNER_KINDS: dict[str, Callable[[str, int | None], Runner]] = {
     "ov-default": lambda path, threads: _ov_runner(path, threads),
     "ov-int8": lambda path, threads: _ov_runner(path, threads),
     "packed": _packed_runner,
+    "packed-onnxruntime": lambda path, threads: _packed_runner(path, threads, "onnxruntime"),
+    "packed-openvino": lambda path, threads: _packed_runner(path, threads, "openvino"),
+    "packed-auto": lambda path, threads: _packed_runner(path, threads, "auto"),
 }
 
 

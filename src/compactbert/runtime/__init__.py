@@ -40,6 +40,7 @@ from ..nn.pooling import DEFAULT_POOLING, Pooling, pool, pooling_from_dict
 from .. import defaults as D
 from ..errors import UserError
 from .encoder import LeanEncoder
+from .engines import ENGINES, check_backend, engine_model, pick_fastest
 from .kernels import Int8Linear, cpu_has_native_bf16, mkldnn_available, onednn_int8_available
 
 __all__ = ["load", "PackedModel", "LeanEncoder", "default_dtype"]
@@ -61,7 +62,9 @@ class PackedModel:
         manifest: The packed ``manifest.json``.
         path: The folder.
         dtype: ``"bf16"`` or ``"fp32"``.
-        backend: ``"mkldnn"`` or ``"torch"``.
+        backend: ``"mkldnn"`` or ``"torch"`` (this runtime's kernels), or the engine that runs it
+            (``"onnxruntime"``, ``"openvino"``; see :mod:`compactbert.runtime.engines`).
+        selection: with ``load(..., backend="auto")``, what the probe measured and chose (else None).
         num_labels: Output width.
         id2label: Label names by id (may be empty).
     """
@@ -76,6 +79,7 @@ class PackedModel:
         self.dtype = dtype
         self.backend = backend
         self.act_quant = act_quant
+        self.selection: str | None = None
         self.num_labels = int(config["num_labels"])
         self.id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
         pooling = config.get("pooling")
@@ -87,8 +91,15 @@ class PackedModel:
                 f"heads={c['heads_per_layer']}, ffn={c['ffn_per_layer']}, dtype={self.dtype}, backend={self.backend})")
 
     def describe(self) -> str:
-        """One line on how this model computes (kernels, dtype, shape after removal)."""
+        """One line on how this model computes (engine or kernels, dtype, shape after removal; with
+        ``backend="auto"``, which backend the probe chose and why)."""
         c = self.config
+        selection = self.selection
+        if hasattr(self.encoder, "describe"):  # another engine (compactbert.runtime.engines)
+            heads, ffn = c["heads_per_layer"], c["ffn_per_layer"]
+            show = (lambda v: str(v[0]) if v and len(set(v)) == 1 else str(list(v)))
+            line = f"{self.encoder.describe()}; {len(heads)} layers, heads {show(heads)}, ffn {show(ffn)}"
+            return line + (f"; {selection}" if selection else "")
         if self.backend == "mkldnn":
             how = ("oneDNN mkldnn._linear_pointwise with weights reordered at load, bias/GELU/residual fused "
                    "(AMX / AVX512-BF16)")
@@ -108,6 +119,8 @@ class PackedModel:
         parts.append(f"{len(heads)} layers, heads {show(heads)}, ffn {show(ffn)}")
         if c.get("vocab", {}).get("pruned"):
             parts.append(f"vocab {c['vocab']['kept']}/{c['vocab']['original_size']}")
+        if selection:
+            parts.append(selection)
         return "; ".join(parts)
 
     @staticmethod
@@ -257,11 +270,15 @@ class PackedModel:
 
 
 def load(path: str | os.PathLike, dtype: str = "auto", threads: int | None = None, act_quant: str = "auto",
-         verify: bool = True) -> PackedModel:
+         verify: bool = True, backend: str = "compactbert") -> PackedModel:
     """Load a packed directory for fast CPU inference.
 
     Args:
         path: A folder written by :func:`compactbert.export.pack.export_packed`.
+        backend: What computes it: ``"compactbert"`` (this runtime), ``"onnxruntime"`` or
+            ``"openvino"`` (an ONNX graph built at load from the decoded packed weights, activation
+            quantizers as trained; :mod:`compactbert.runtime.engines`), or ``"auto"``: the fastest
+            of those available by a short measured probe (``describe()`` says which, and why).
         dtype: ``"auto"`` (bf16 where the CPU has native bf16, else fp32), ``"bf16"`` or ``"fp32"``.
         threads: If given, ``torch.set_num_threads(threads)`` (process-wide).
         act_quant: Run the model's activation quantizers: ``"auto"`` (default: a model trained with
@@ -283,12 +300,16 @@ def load(path: str | os.PathLike, dtype: str = "auto", threads: int | None = Non
         raise UserError(f"dtype={dtype!r} is not valid; valid: auto, bf16, fp32")
     if act_quant not in ("auto", "on", "off"):
         raise UserError(f"act_quant={act_quant!r} is not valid; valid: auto, on, off")
+    check_backend(backend)
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise UserError(f"threads={threads!r} is not valid; valid: a positive integer")
         torch.set_num_threads(threads)
     tdtype = _DTYPES[dtype]
     packed = read_packed(path, verify=verify)
+    if backend in ENGINES:
+        return engine_model(packed, load_packed_tokenizer(packed.path, packed.manifest), backend, threads, act_quant,
+                            dtype if dtype_given else "auto")
     has_aq = bool(packed.act_quant)
     # auto: a model trained with activation quantizers runs them exactly (int8 products, float32
     # elsewhere) unless a dtype was asked for; without them, bf16 where it is fast.
@@ -296,10 +317,13 @@ def load(path: str | os.PathLike, dtype: str = "auto", threads: int | None = Non
     if use_aq and act_quant == "auto":
         tdtype = torch.float32
     dtype = "bf16" if tdtype == torch.bfloat16 else "fp32"
-    backend = "mkldnn" if (tdtype == torch.bfloat16 and mkldnn_available()) else "torch"
+    kernels = "mkldnn" if (tdtype == torch.bfloat16 and mkldnn_available()) else "torch"
     int8 = use_aq and onednn_int8_available()
-    encoder = LeanEncoder(packed.config, packed.tensors, dtype=tdtype, backend=backend,
+    encoder = LeanEncoder(packed.config, packed.tensors, dtype=tdtype, backend=kernels,
                           act_quant=packed.act_quant if use_aq else None, vocab_map=packed.vocab_map,
                           int8_codes=packed.row_codes if int8 else None)
     tokenizer = load_packed_tokenizer(packed.path, packed.manifest)
-    return PackedModel(encoder, tokenizer, packed.config, packed.manifest, packed.path, dtype, backend, use_aq)
+    model = PackedModel(encoder, tokenizer, packed.config, packed.manifest, packed.path, dtype, kernels, use_aq)
+    if backend == "auto":
+        return pick_fastest(model, packed, tokenizer, threads, act_quant, dtype if dtype_given else "auto")
+    return model

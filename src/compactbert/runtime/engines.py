@@ -1,0 +1,273 @@
+"""Packed models on other engines: ``load(DIR, backend="onnxruntime" | "openvino" | "auto")``.
+
+The packed directory stays the artefact: at load, its weights are decoded as usual
+(:func:`compactbert.export.pack.read_packed`) and written into an ONNX graph in memory
+(:mod:`compactbert.runtime.graph`: decoded weights, pruned structure absent, the trained activation
+quantizers as float ops), which ONNX Runtime or OpenVINO compiles. The result is the same
+:class:`~compactbert.runtime.PackedModel` (``__call__``, ``predict``, ``encode``), with an
+:class:`EngineEncoder` in place of the lean encoder.
+
+Precision: FP32 (ONNX Runtime always; OpenVINO with its inference precision forced to f32 when the
+model carries activation quantizers, so the codes are the trained ones; otherwise OpenVINO's
+default for this CPU, bf16 on AMX CPUs, f32 elsewhere; ``dtype`` forces one).
+
+``backend="auto"`` builds every available candidate (compactbert's runtime, ONNX Runtime, OpenVINO
+when installed), times each on a short probe (:func:`probe_seconds`: batch 1 and batch 8 of
+``min(128, positions)`` random tokens, 3 repetitions, the median of ``t(bs1) + t(bs8) / 8``: latency
+and per-row throughput weigh the same), keeps the fastest and says so in ``describe()`` together
+with each candidate's probe time and its largest logit difference from compactbert's runtime.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+__all__ = ["BACKENDS", "ENGINES", "EngineEncoder", "available_engines", "engine_model", "pick_fastest",
+           "probe_seconds", "check_backend"]
+
+BACKENDS = ("compactbert", "onnxruntime", "openvino", "auto")
+ENGINES = ("onnxruntime", "openvino")  # the other engines, in the order auto tries them
+_PACKAGE = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+
+def check_backend(backend: Any) -> str:
+    """``backend`` if valid, else a UserError naming the valid ones."""
+    if backend not in BACKENDS:
+        raise UserError(f"backend={backend!r} is not valid; valid: {', '.join(BACKENDS)}")
+    return backend
+
+
+def available_engines() -> list[str]:
+    """The engines of :data:`ENGINES` whose package is installed here."""
+    import importlib.util
+
+    return [e for e in ENGINES if importlib.util.find_spec(_PACKAGE[e]) is not None]
+
+
+def _require(engine: str) -> None:
+    if engine not in available_engines():
+        hint = "pip install 'compactbert[bench]'" if engine == "openvino" else "pip install onnxruntime"
+        raise UserError(f"backend={engine!r} needs the {_PACKAGE[engine]} package, which is not installed ({hint})")
+
+
+class _Session:
+    """One compiled graph: ``run(feed) -> float32 array``."""
+
+    def __init__(self, engine: str, graph, threads: int | None, precision: str | None):
+        self.engine, self.graph = engine, graph
+        data = graph.model.SerializeToString()
+        if engine == "onnxruntime":
+            import onnxruntime as ort
+
+            from ..export.onnx import ort_options
+
+            self.sess = ort.InferenceSession(data, sess_options=ort_options(threads), providers=["CPUExecutionProvider"])
+            self.version = ort.__version__
+            self.precision = "f32"
+            self._run = lambda feed: self.sess.run([graph.output], feed)[0]
+            return
+        import openvino as ov
+
+        core = ov.Core()
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if precision is not None:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        with tempfile.TemporaryDirectory(prefix="cb-ov-") as tmp:  # OpenVINO reads ONNX from a file
+            f = Path(tmp) / "model.onnx"
+            f.write_bytes(data)
+            compiled = core.compile_model(core.read_model(str(f)), "CPU", config)
+        request = compiled.create_infer_request()
+        self.version = ov.__version__.split("-")[0]
+        p = compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = p.to_string() if hasattr(p, "to_string") else str(p)
+        self._run = lambda feed: request.infer(feed)[compiled.outputs[0]]
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self._run(feed), dtype=np.float32)
+
+
+class EngineEncoder(nn.Module):
+    """The lean encoder's interface (``forward`` -> logits, ``token_states``, ``head_out``,
+    ``hidden``, ``max_positions``) on an ONNX Runtime / OpenVINO session of the packed model's graph."""
+
+    def __init__(self, engine: str, config: dict[str, Any], make_graph: Callable[[str], Any], threads: int | None,
+                 precision: str | None):
+        super().__init__()
+        self.engine, self.config, self.threads, self.precision = engine, config, threads, precision
+        self.make_graph = make_graph
+        self.hidden = int(config["hidden_size"])
+        self.head_out = True if config.get("head") else None  # PackedModel checks for a head
+        self.sessions: dict[str, _Session] = {}
+        self.dropped: dict[str, list[str]] = {}
+        self.agreement: str | None = None  # what dropping unsupported quantizers did, when any were
+        first = "logits" if self.head_out else "states"
+        self.session(first)
+
+    @property
+    def max_positions(self) -> int:
+        n = int(self.config["max_position_embeddings"])
+        return n - (int(self.config["pad_token_id"]) + 1 if self.config.get("position_style") == "roberta" else 0)
+
+    def session(self, output: str) -> _Session:
+        if output not in self.sessions:
+            graph = self.make_graph(output)
+            self.dropped = graph.dropped
+            self.sessions[output] = _Session(self.engine, graph, self.threads, self.precision)
+        return self.sessions[output]
+
+    def _feed(self, output: str, ids: torch.Tensor, mask: torch.Tensor | None, types: torch.Tensor | None) -> dict:
+        names = self.session(output).graph.inputs
+        feed = {"input_ids": ids.numpy().astype(np.int64, copy=False),
+                "attention_mask": (mask if mask is not None else torch.ones_like(ids)).numpy().astype(np.int64, copy=False)}
+        if "token_type_ids" in names:
+            feed["token_type_ids"] = (types if types is not None else torch.zeros_like(ids)).numpy().astype(np.int64, copy=False)
+        return feed
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        return torch.from_numpy(self.session("logits")(self._feed("logits", input_ids, attention_mask, token_type_ids)))
+
+    def token_states(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        return torch.from_numpy(self.session("states")(self._feed("states", input_ids, attention_mask, token_type_ids)))
+
+    def describe(self) -> str:
+        s = next(iter(self.sessions.values()))
+        name = "ONNX Runtime" if self.engine == "onnxruntime" else "OpenVINO"
+        line = (f"{name} {s.version} CPU ({'MLAS' if self.engine == 'onnxruntime' else 'CPU plugin, latency hint'}), "
+                f"inference precision {s.precision}, graph built from the packed weights (decoded exactly)")
+        if self.dropped:
+            kinds = ", ".join(f"{k} ({len(v)} linears)" for k, v in self.dropped.items())
+            line += f"; activation quantizers without an ONNX form dropped: {kinds}"
+            if self.agreement:
+                line += f" ({self.agreement})"
+        elif any(self.config.get("act_quant") or {}) and self.quantized:
+            line += "; trained activation quantizers run as float ops (same codes)"
+        return line
+
+    quantized = True  # set False by engine_model when act_quant="off" dropped them on purpose
+
+
+def _precision(engine: str, dtype: str, has_aq: bool) -> str | None:
+    if engine == "onnxruntime":
+        if dtype == "bf16":
+            raise UserError("dtype='bf16' is not available with backend='onnxruntime' (it runs float32); valid: auto, fp32")
+        return None
+    if dtype == "fp32" or (dtype == "auto" and has_aq):
+        return "f32"  # the trained activation codes need float32 arithmetic
+    return "bf16" if dtype == "bf16" else None
+
+
+def engine_model(packed, tokenizer, engine: str, threads: int | None = None, act_quant: str = "auto",
+                 dtype: str = "auto"):
+    """A :class:`~compactbert.runtime.PackedModel` of ``packed`` (``PackedWeights``) on ``engine``.
+
+    ``act_quant="off"`` builds the graph without the activation quantizers; otherwise they run as
+    trained. When a quantizer kind has no ONNX form, it is dropped and the model's ``describe()``
+    says how often the engine then predicts the class compactbert's exact runtime predicts (on 64
+    random-token rows).
+    """
+    from . import PackedModel
+    from .graph import build_graph
+
+    _require(engine)
+    use_aq = act_quant != "off" and bool(packed.act_quant)
+    aq = packed.act_quant if use_aq else None
+    precision = _precision(engine, dtype, use_aq)
+    enc = EngineEncoder(engine, packed.config, lambda out: build_graph(packed.config, packed.tensors, aq, packed.vocab_map, out),
+                        threads, precision)
+    enc.quantized = use_aq
+    ran = next(iter(enc.sessions.values())).precision
+    model = PackedModel(enc, tokenizer, packed.config, packed.manifest, packed.path,
+                        {"f32": "fp32", "bf16": "bf16"}.get(ran, ran), engine, use_aq)
+    if enc.dropped:
+        enc.agreement = _dropped_agreement(model, packed)
+    return model
+
+
+def _random_rows(model, rows: int, seq: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    vocab = int(model.config.get("vocab", {}).get("original_size", model.config["vocab_size"]))
+    ids = torch.randint(0, vocab, (rows, seq), generator=g)
+    return ids, torch.ones_like(ids), torch.zeros_like(ids)
+
+
+def _dropped_agreement(model, packed) -> str:
+    """Same-class share and largest logit difference of ``model`` against compactbert's exact float32
+    runtime (activation quantizers emulated) on 64 random-token rows."""
+    from .encoder import LeanEncoder
+
+    ref_enc = LeanEncoder(packed.config, packed.tensors, dtype=torch.float32, backend="torch",
+                          act_quant=packed.act_quant, vocab_map=packed.vocab_map)
+    ids, _, types = _random_rows(model, 64, min(64, model.encoder.max_positions))
+    with torch.inference_mode():
+        if model.encoder.head_out is None:
+            ref, got = ref_enc.token_states(ids, None, types), model.encoder.token_states(ids, None, types)
+            return f"largest state difference vs the trained arithmetic on 64 random rows: {float((ref - got).abs().max()):.3g}"
+        ref, got = ref_enc(ids, None, types), model.encoder(ids, None, types)
+    same = float((ref.argmax(-1) == got.argmax(-1)).float().mean())
+    return (f"vs the trained arithmetic on 64 random rows: same class {same:.1%}, "
+            f"largest logit difference {float((ref - got).abs().max()):.3g}")
+
+
+def probe_seconds(model, reps: int = 3) -> float:
+    """Median over ``reps`` of ``t(batch 1) + t(batch 8) / 8`` (seconds) on ``min(128, positions)``
+    random tokens, after one untimed call of each."""
+    seq = min(128, model.encoder.max_positions)
+    batches = [_random_rows(model, n, seq, seed=n) for n in (1, 8)]
+    run = model.encoder if model.encoder.head_out is not None else model.encoder.token_states
+
+    def call(b):
+        with torch.inference_mode():
+            return run(b[0], None, b[2])  # nothing padded
+
+    for b in batches:
+        call(b)
+    times = []
+    for _ in range(reps):
+        t = []
+        for b in batches:
+            t0 = time.perf_counter()
+            call(b)
+            t.append(time.perf_counter() - t0)
+        times.append(t[0] + t[1] / 8)
+    return float(statistics.median(times))
+
+
+def pick_fastest(own, packed, tokenizer, threads: int | None = None, act_quant: str = "auto", dtype: str = "auto"):
+    """``backend="auto"``: the fastest of compactbert's runtime (``own``, already built) and every
+    available engine by :func:`probe_seconds`; the winner's ``selection`` says what was measured."""
+    candidates = {"compactbert": own}
+    for engine in available_engines():
+        try:
+            candidates[engine] = engine_model(packed, tokenizer, engine, threads, act_quant, dtype)
+        except UserError:
+            continue  # an option this engine cannot honour (dtype='bf16' on ONNX Runtime): not a candidate
+    seconds = {name: probe_seconds(m) for name, m in candidates.items()}
+    ref = _probe_outputs(own)
+    diffs = {name: float((_probe_outputs(m) - ref).abs().max()) for name, m in candidates.items()}
+    best = min(seconds, key=seconds.get)
+    chosen = candidates[best]
+    parts = [f"{n} {1e3 * seconds[n]:.2f} ms" + (f" (max |dlogit| {diffs[n]:.2g})" if n != "compactbert" else "")
+             for n in sorted(seconds, key=seconds.get)]
+    chosen.selection = (f"backend auto chose {best}: probe t(bs1) + t(bs8)/8 at {min(128, own.encoder.max_positions)} "
+                        f"tokens: " + ", ".join(parts))
+    return chosen
+
+
+def _probe_outputs(model) -> torch.Tensor:
+    ids, _, types = _random_rows(model, 8, min(32, model.encoder.max_positions), seed=7)
+    with torch.inference_mode():
+        if model.encoder.head_out is None:
+            return model.encoder.token_states(ids, None, types).float()
+        return model.encoder(ids, None, types).float()

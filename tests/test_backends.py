@@ -1,0 +1,176 @@
+"""load(DIR, backend=...): a packed model on ONNX Runtime / OpenVINO (an ONNX graph built from the
+decoded packed weights, activation quantizers as trained) predicts what the training-time model
+predicts; 'auto' picks by a measured probe and says so; the packed directory stays the artefact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compactbert.errors import UserError
+from compactbert.export.pack import export_packed
+from compactbert.nn.quantizers import StaticActQuantizer, IntQuantizer, calibration
+from compactbert.nn.surgery import compress_embeddings, compress_modules, encoder_linear_patterns
+from compactbert.runtime import load
+from compactbert.runtime.engines import available_engines
+from test_runtime import a8_model, batch, bert_with_vocab, compressed, hf_logits, layer_linears, run, tiny, tiny_tokenizer
+
+ENGINES = available_engines()  # onnxruntime is a dependency; openvino comes with the bench extra
+
+
+def random_rows(arch: str, n: int = 400, seq: int = 12, seed: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 100, (n, seq), generator=g)
+    tt = torch.zeros_like(ids)
+    return ids, torch.ones_like(ids), tt
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.argmax(-1) == b.argmax(-1)).float().mean())
+
+
+def test_onnxruntime_is_always_available():
+    assert "onnxruntime" in ENGINES
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta", "electra"])
+def test_compressed_model_on_an_engine_predicts_like_the_training_model(tmp_path, engine, arch):
+    # several weight quantizers, pruned heads and neurons, a sparse matrix, a ternary embedding, 8-bit
+    # dynamic activations on q/k/v/up
+    model = compressed(arch)
+    export_packed(model, None, tmp_path, float_dtype="float32")
+    pm = load(tmp_path, backend=engine, threads=1)
+    assert pm.backend == engine and pm.dtype == "fp32" and pm.act_quant
+    assert pm.config["heads_per_layer"] == [3, 3]  # the pruned structure is absent from the graph too
+    ids, mask, tt = batch(arch)  # padding in two rows
+    ref = hf_logits(model, arch, ids, mask, tt)
+    torch.testing.assert_close(run(pm, arch, ids, mask, tt), ref, atol=2e-5, rtol=0)
+    ids, mask, tt = random_rows(arch)
+    ref = hf_logits(model, arch, ids, mask, tt)
+    out = pm(ids, mask)
+    assert agreement(out, ref) >= 0.995 and float((out - ref).abs().max()) < 1e-4
+    name = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}[engine]
+    d = pm.describe()
+    assert d.startswith(name) and "activation quantizers run as float ops" in d and "2 layers, heads 3" in d
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("arch", "static"), [("bert", False), ("distilbert", True)])
+def test_a8_models_keep_their_activation_quantization_exactly(tmp_path, engine, arch, static):
+    model = a8_model(arch, static)  # int8 / ternary / binary weights, 8-bit activations everywhere
+    ids, mask, tt = batch(arch)
+    if static:
+        with calibration(model):
+            hf_logits(model, arch, ids, mask, tt)
+    ref = hf_logits(model, arch, ids, mask, tt)
+    export_packed(model, None, tmp_path, float_dtype="float32")
+    pm = load(tmp_path, backend=engine, threads=1)
+    out = run(pm, arch, ids, mask, tt)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=0)
+    off = run(load(tmp_path, backend=engine, act_quant="off", threads=1), arch, ids, mask, tt)
+    assert float((off - ref).abs().max()) > 20 * float((out - ref).abs().max())  # the quantizers are what makes it exact
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_asymmetric_static_activations(tmp_path, engine):
+    model = tiny("bert")
+    layers = compress_modules(model, encoder_linear_patterns(model))
+    for layer in layers.values():
+        layer.weight_quantizer = IntQuantizer(8)
+        layer.input_quantizer = StaticActQuantizer(4, symmetric=False)
+    ids, mask, tt = batch("bert")
+    with calibration(model):
+        hf_logits(model, "bert", ids, mask, tt)
+    ref = hf_logits(model, "bert", ids, mask, tt)
+    export_packed(model, None, tmp_path, float_dtype="float32")
+    pm = load(tmp_path, backend=engine, threads=1)
+    torch.testing.assert_close(pm(ids, mask, tt), ref, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_layer_without_heads_or_neurons(tmp_path, engine):
+    model = tiny("bert")
+    compress_modules(model, encoder_linear_patterns(model))
+    l1 = layer_linears(model, 1)
+    l1["v"].weight_mask = torch.zeros_like(l1["v"].weight)  # layer 1: no head left
+    l1["up"].weight_mask = torch.zeros_like(l1["up"].weight)  # ... and no neuron
+    ids, mask, tt = batch("bert")
+    ref = hf_logits(model, "bert", ids, mask, tt)
+    export_packed(model, None, tmp_path, float_dtype="float32")
+    pm = load(tmp_path, backend=engine, threads=1)
+    assert pm.config["heads_per_layer"] == [4, 0] and pm.config["ffn_per_layer"] == [64, 0]
+    torch.testing.assert_close(pm(ids, mask, tt), ref, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_pruned_vocabulary_and_texts(tmp_path, engine):
+    tok = tiny_tokenizer(tmp_path)
+    model = bert_with_vocab()
+    compress_embeddings(model)["bert.embeddings.word_embeddings"].weight_quantizer = IntQuantizer(8)
+    export_packed(model, tok, tmp_path / "p", prune_vocab_texts=["a good film", ("the plot", "great fun")],
+                  float_dtype="float32")
+    pm = load(tmp_path / "p", backend=engine, threads=1)
+    ref = load(tmp_path / "p", dtype="fp32")  # compactbert's runtime maps unseen tokens the same way
+    texts = ["a good film", "the boring plot", "great fun"]
+    torch.testing.assert_close(pm.predict(texts), ref.predict(texts), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_embedding_model_encodes_like_the_runtime(tmp_path, engine):
+    tok = tiny_tokenizer(tmp_path)
+    model = bert_with_vocab()
+    export_packed(model.base_model, tok, tmp_path / "emb", float_dtype="float32")
+    texts = ["a good film", "the plot was boring", "fun"]
+    ref = load(tmp_path / "emb", dtype="fp32").encode(texts)
+    pm = load(tmp_path / "emb", backend=engine, threads=1)
+    got = pm.encode(texts)
+    assert got.shape == ref.shape == (3, 32)
+    torch.testing.assert_close(got, ref, atol=2e-5, rtol=0)
+    with pytest.raises(UserError, match="embedding model"):
+        pm(torch.tensor([[2, 7, 3]]))
+
+
+def test_auto_measures_every_available_backend_and_says_which_it_chose(tmp_path):
+    model = compressed("bert")
+    export_packed(model, None, tmp_path, float_dtype="float32")
+    pm = load(tmp_path, backend="auto", threads=1)
+    d = pm.describe()
+    assert "backend auto chose " in d and pm.selection in d
+    chosen = pm.selection.split("backend auto chose ")[1].split(":")[0]
+    assert chosen in ["compactbert", *ENGINES]
+    assert (pm.backend == chosen) if chosen != "compactbert" else pm.backend in ("torch", "mkldnn")
+    for name in ["compactbert", *ENGINES]:
+        assert f"{name} " in pm.selection.split(": ", 1)[1]  # every candidate's probe time is listed
+    ids, mask, tt = batch("bert")
+    torch.testing.assert_close(pm(ids, mask, tt), hf_logits(model, "bert", ids, mask, tt), atol=2e-5, rtol=0)
+
+
+def test_unsupported_activation_quantizer_is_dropped_and_its_effect_reported(tmp_path, monkeypatch):
+    from compactbert.runtime import graph
+
+    model = a8_model("bert")
+    export_packed(model, None, tmp_path, float_dtype="float32")
+    monkeypatch.delitem(graph.ACT_EMITTERS, "dynamic_act")  # as if the kind had no ONNX form
+    pm = load(tmp_path, backend="onnxruntime", threads=1)
+    d = pm.describe()
+    assert "activation quantizers without an ONNX form dropped: dynamic_act (" in d
+    assert "vs the trained arithmetic on 64 random rows: same class " in d and "largest logit difference" in d
+
+
+def test_backend_errors_are_user_errors(tmp_path, monkeypatch):
+    model = tiny("bert")
+    export_packed(model, None, tmp_path, float_dtype="float32")
+    with pytest.raises(UserError, match="backend='tensorrt' is not valid; valid: compactbert, onnxruntime, openvino, auto"):
+        load(tmp_path, backend="tensorrt")
+    with pytest.raises(UserError, match="dtype='bf16' is not available with backend='onnxruntime'"):
+        load(tmp_path, backend="onnxruntime", dtype="bf16")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    with pytest.raises(UserError, match=r"backend='openvino' needs the openvino package.*compactbert\[bench\]"):
+        load(tmp_path, backend="openvino")
+    # auto without OpenVINO still works, among what is there
+    pm = load(tmp_path, backend="auto", threads=1)
+    assert "openvino" not in pm.selection

@@ -20,6 +20,12 @@ sums, then the weight-row and token scales), the rest runs in float32, and it pr
 training-time model predicts. ``act_quant="off"`` (or ``dtype="bf16"``) drops them for the bf16
 path: faster, but such a model then sees full-precision activations.
 
+Other engines: ``load(DIR, backend="onnxruntime" | "openvino")`` runs the same packed directory on
+ONNX Runtime or OpenVINO (an ONNX graph built at load from the decoded weights, the trained
+activation quantizers as float ops: it predicts what the training-time model predicts), and
+``backend="auto"`` keeps whichever of the available ones a short probe measures fastest
+(``describe()`` says which and what was measured); see :mod:`compactbert.runtime.engines`.
+
 A sentence-embedding model (packed from a bare encoder, no classification head) is used through
 :meth:`PackedModel.encode`, which runs the last layer on every token and pools as the model's
 sentence-transformers config said at export (mean over the attention mask, L2-normalised, by

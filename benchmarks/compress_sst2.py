@@ -77,7 +77,7 @@ def step_cost(teacher: str, data: str, n: int) -> dict[str, float]:
     from compactbert.methods.base import Method, TrainState
     from compactbert.methods.distill import Distillation
     from compactbert.methods.quantize import TernaryQAT
-    from compactbert.train.loop import TrainConfig, train
+    from compactbert.train.loop import TrainConfig, bf16_supported, train
 
     class StepClock(Method):
         type: Literal["step_clock"] = "step_clock"
@@ -98,7 +98,8 @@ def step_cost(teacher: str, data: str, n: int) -> dict[str, float]:
             if label.strip() == "qat+kd":
                 teacher_net, _ = load_for_task(teacher, "sst2")
                 methods = [TernaryQAT(compile=True), Distillation(alpha=0.0, weights={"logits": 1.0, "hidden": 1.0}), clock]
-            cfg = TrainConfig(max_steps=n + 4, lr=1e-5, batch_size=32, bf16=True, progress=False, save_every=10**9)
+            cfg = TrainConfig(max_steps=n + 4, lr=1e-5, batch_size=32, bf16=bf16_supported(), progress=False,
+                              save_every=10**9)
             with tempfile.TemporaryDirectory() as d:
                 train(student, tok, "sst2", feats, None, cfg, d, methods=methods, teacher=teacher_net)
         t = clock._times

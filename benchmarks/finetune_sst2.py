@@ -94,13 +94,18 @@ def speed_window(model_name: str, features, precision: Literal["fp32", "bf16"], 
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    """The machine for a RESULTS header: the CPU model with the flags that decide its kernels
+    (AVX-512, VNNI, AMX, native bf16, or their absence) and, where training ran on CUDA (accelerate
+    picks the GPU when torch sees one), the GPU."""
+    import torch
+
+    from compactbert.bench.machine import cpu_info, flags_summary
+
+    info = cpu_info()
+    line = f"{info['cpu'] or platform.processor() or 'unknown CPU'} ({flags_summary(info)})"
+    if torch.cuda.is_available():
+        line += f", training on {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    return line
 
 
 def write_section(path: Path, body: str, section: str = SECTION) -> None:

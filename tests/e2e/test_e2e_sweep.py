@@ -151,6 +151,7 @@ def test_resume_with_a_benchmark_measures_the_points_and_the_teacher(env, finish
                                       "baselines": ["torch-fp32"]})
     assert (out / "bench.json").is_file() and result["bench"]["error"] is None
     for p in result["points"]:
+        assert p.get("bench_error") is None, p["bench_error"]
         assert p["latency_ms_bs1_p50"] > 0 and p["throughput_bs32"] > 0, p
         assert 0.0 <= p["runtime_accuracy"] <= 1.0
     assert result["teacher"]["latency_ms_bs1_p50"] > 0

@@ -139,6 +139,7 @@ def test_export_packed_then_eval_the_packed_directory(teacher, tmp_path, capsys)
 
     from compactbert.api import packed_logits
     from compactbert.data.batching import encode
+    from compactbert.runtime import default_dtype
     from compactbert.data.sources import load_examples
     from compactbert.train.loop import predict
 
@@ -156,7 +157,9 @@ def test_export_packed_then_eval_the_packed_directory(teacher, tmp_path, capsys)
     ref = np.stack([ref[i] for i in range(len(examples))])
     got = packed_logits(packed, examples, 32).numpy()
     assert got.shape == ref.shape == (16, 2)
-    assert (got.argmax(1) == ref.argmax(1)).mean() >= 15 / 16
+    assert (got.argmax(1) == ref.argmax(1)).all()  # every prediction, not 15 of 16
+    # fp32 where the CPU has no native bf16: the exact path (compress rounds what export stores to fp16)
+    assert np.abs(got - ref).max() <= (1e-5 if default_dtype() == "fp32" else 0.05)
     # the packed tensors are exactly what `size` predicted (no structured pruning here to remove);
     # the safetensors file adds only its JSON header
     import struct

@@ -273,3 +273,43 @@ def test_a_truncated_xz_file_is_refused(victim, base, capsys):
     f.write_bytes(f.read_bytes()[:-40])
     rehash(victim)
     refused(capsys, victim, base[1], "tokenizer/tokenizer.json.xz", commands=("eval",))
+
+
+# ----------------------------------------------------------------------------- other files read
+def test_every_from_pretrained_refuses_remote_code():
+    """Every call that may load code from a folder or the hub says trust_remote_code=False."""
+    import ast
+
+    import compactbert
+
+    calls = []
+    for path in Path(compactbert.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("from_pretrained", "from_config"):
+                kw = {k.arg: k.value for k in node.keywords}
+                ok = isinstance(kw.get("trust_remote_code"), ast.Constant) and kw["trust_remote_code"].value is False
+                calls.append((f"{path.name}:{node.lineno}", ok))
+    assert len(calls) >= 8
+    assert all(ok for _, ok in calls), [c for c, ok in calls if not ok]
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n" \
+       "d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ndata: [*d, *d, *d, *d, *d, *d, *d, *d, *d]\n"
+
+
+@pytest.mark.parametrize(("name", "text", "match"), [
+    ("config.yaml", BOMB, "anchors and aliases"),
+    ("config.yaml", "- a list\n", "is not a mapping of settings"),
+    ("config.yaml", "data: !!python/object/apply:os.system [echo hi]\n", "is not allowed"),
+    ("run.json", "[1, 2]", "is not a JSON object"),
+    ("run.json", "{" * 100_000, "cannot read"),
+])
+def test_a_run_directory_s_settings_are_read_as_plain_data(base, tmp_path, capsys, name, text, match):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(base[0].parent / "model", run / "model")
+    (run / "run.json").write_text(json.dumps({"task": "sst2"}))
+    (run / name).write_text(text)
+    code, err = cli(capsys, "eval", run, "--data", base[1])
+    assert code == 2 and len(err) == 1 and match in err[0], err

@@ -146,20 +146,29 @@ def model_source(model: str | os.PathLike) -> str:
 
 
 def read_run(path: str | os.PathLike) -> dict[str, Any]:
-    """``run.json`` and ``config.yaml`` of a run directory as one dict (``{"config": {...}, ...}``)."""
-    import yaml
+    """``run.json`` and ``config.yaml`` of a run directory as one dict (``{"config": {...}, ...}``).
+
+    ``config.yaml`` is read as plain YAML (no aliases or tags: :func:`compactbert.recipe.load_plain_yaml`).
+    """
+    from .recipe import load_plain_yaml
 
     path = Path(path)
     try:
-        info = json.loads((path / RUN_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        info = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # JSON and UTF-8 errors are ValueErrors
         raise UserError(f"cannot read {path / RUN_FILE}: {e}") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{path / RUN_FILE} is not a JSON object; is {str(path)!r} a compactbert run?")
     cfg_path = path / CONFIG_FILE
     if cfg_path.is_file():
         try:
-            info["config"] = yaml.safe_load(cfg_path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise UserError(f"cannot read {cfg_path}: {str(e).splitlines()[0]}") from None
+            text = cfg_path.read_text(encoding="utf-8")
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {cfg_path}: {e}") from None
+        cfg = load_plain_yaml(text, str(cfg_path))[0] or {}
+        if not isinstance(cfg, dict):
+            raise UserError(f"{cfg_path} is not a mapping of settings")
+        info["config"] = cfg
     info.setdefault("config", {})
     return info
 

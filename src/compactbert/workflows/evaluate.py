@@ -41,14 +41,10 @@ def run_settings(target: Target) -> dict[str, Any]:
     cfg = dict(target.run_info()["config"])
     recipe = target.path / RECIPE_FILE
     if target.kind == RUN and recipe.is_file() and ("max_seq_length" not in cfg or "bf16" not in cfg):
-        import yaml
-
+        from ..recipe import load_plain_yaml, read_recipe_text
         from ..train.loop import bf16_supported
 
-        try:
-            rec = yaml.safe_load(recipe.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise UserError(f"cannot read {recipe}: {str(e).splitlines()[0]}") from None
+        rec = load_plain_yaml(read_recipe_text(recipe), str(recipe))[0] or {}  # plain YAML: no aliases, tags
         if isinstance(rec, dict):
             cfg.setdefault("max_seq_length", rec.get("max_seq_length", D.MAX_SEQ_LENGTH))
             cfg.setdefault("bf16", bool(rec.get("bf16", True)) and bf16_supported())

@@ -160,3 +160,21 @@ def test_eval_and_size_never_write_a_file_of_their_model(run_dir, tmp_path, caps
     refused(capsys, "eval", run_dir, "--task", "sst2", "--data", data, "--out", run_dir / "model" / "config.json",
             match="which this command reads")
     assert tree(run_dir) == before
+
+
+def test_the_library_writer_refuses_a_folder_it_did_not_write(model_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from compactbert.errors import UserError
+    from compactbert.export.pack import export_packed
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    out = user_folder(tmp_path / "mine")
+    before = tree(out)
+    with pytest.raises(UserError, match="not an earlier export"):
+        export_packed(model, tok, out)
+    assert tree(out) == before
+    export_packed(model, tok, tmp_path / "p")
+    export_packed(model, None, tmp_path / "p")  # its own earlier output: replaced as a whole
+    assert not (tmp_path / "p" / "tokenizer").exists()

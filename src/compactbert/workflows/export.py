@@ -10,7 +10,7 @@ from ..embedding.encoder import embedding_model_pooling
 from ..errors import UserError
 from ..loading import load_saved
 from ..models import resolve_model
-from ..runs import NAME, PACKED, Target, open_path
+from ..runs import NAME, Target, open_path
 
 FORMATS = ("packed", "onnx")
 
@@ -81,10 +81,9 @@ def export(
 
 def is_packed_output(folder: Path) -> bool:
     """Whether ``folder`` holds an earlier packed export and nothing else (``export`` replaces it)."""
-    from ..export.format.constants import CONFIG_FILE, MANIFEST_FILE, TOKENIZER_DIR, WEIGHTS_FILE
+    from ..export.format.write import is_packed_folder
 
-    names = {p.name for p in folder.iterdir()}
-    return open_path(folder).kind == PACKED and names <= {MANIFEST_FILE, WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_DIR}
+    return is_packed_folder(folder)
 
 
 def is_onnx_output(folder: Path) -> bool:

@@ -44,7 +44,8 @@ def export_packed(
         model: A Hugging Face ``...ForSequenceClassification`` (BERT, MiniLM, ELECTRA, RoBERTa,
             DistilBERT), possibly with CompressedLinear / CompressedEmbedding layers.
         tokenizer: Its tokenizer (saved under ``tokenizer/``), or None.
-        out_dir: Folder to write; created if needed. Existing packed files in it are replaced.
+        out_dir: Folder to write: new, empty or an earlier packed directory (replaced as a whole);
+            anything else is refused (:mod:`compactbert.outdir`).
         prune_vocab_texts: Texts (strings or ``(text_a, text_b)`` pairs) of the task data; when given,
             only the embedding rows of the tokens they contain (and special tokens) are stored.
         float_dtype: ``"float16"`` (default) or ``"float32"``: storage of tensors without a quantizer.

@@ -34,7 +34,7 @@ from .constants import CONFIG_FILE, FLOAT_DTYPES, FORMAT_NAME, FORMAT_VERSION, M
 from .encode import Plan, codes_spec, code_streams, encoding_keep, float_spec, plan_storage
 from .weight import PackedWeight
 
-__all__ = ["Writer", "tokenizer_files", "write_folder"]
+__all__ = ["Writer", "tokenizer_files", "write_folder", "is_packed_folder"]
 
 
 class Writer:
@@ -141,22 +141,30 @@ def tokenizer_files(tokenizer, compress: bool = True) -> list[tuple[str, bytes]]
     return out
 
 
-def _clear(out: Path) -> None:
-    import shutil
+def is_packed_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a packed directory and nothing else (an earlier export, replaced)."""
+    from ...runs import PACKED, kind_of
 
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in (MANIFEST_FILE, WEIGHTS_FILE, CONFIG_FILE):
-        if (out / stale).exists():
-            (out / stale).unlink()
-    if (out / TOKENIZER_DIR).is_dir():
-        shutil.rmtree(out / TOKENIZER_DIR)
+    names = {p.name for p in folder.iterdir()}
+    return kind_of(folder) == PACKED and names <= {MANIFEST_FILE, WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_DIR}
 
 
 def write_folder(out: Path, writer: Writer, config: dict[str, Any], tokenizer, compress_tokenizer: bool) -> dict[str, Any]:
-    """Write weights, config, tokenizer and the manifest (last) into ``out``; return the manifest."""
+    """Write weights, config, tokenizer and the manifest (last) as the folder ``out``; return the manifest.
+
+    ``out`` must be new, empty or an earlier packed directory (:func:`is_packed_folder`); it is
+    written as a staging folder next to it and renamed into place (:mod:`compactbert.outdir`).
+    """
+    from ...outdir import check_output, staged_output
+
+    check_output(out, own=is_packed_folder, command="export", option="out_dir")
+    with staged_output(out) as tmp:
+        return _write(tmp, writer, config, tokenizer, compress_tokenizer)
+
+
+def _write(out: Path, writer: Writer, config: dict[str, Any], tokenizer, compress_tokenizer: bool) -> dict[str, Any]:
     from safetensors.torch import save_file
 
-    _clear(out)
     save_file(writer.tensors, str(out / WEIGHTS_FILE), metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
     (out / CONFIG_FILE).write_text(json.dumps(config, sort_keys=True, separators=(",", ":")) + "\n")
     tok_files: list[str] = []

@@ -278,6 +278,25 @@ def test_search_logit_gradient_is_exact():
     q.end_arch()
 
 
+def test_values_of_an_architecture_step_are_reused_only_while_the_weight_is_unchanged():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(16, 8))
+    q = SearchQuantizer(8, [0, 2, 4])
+    q.initialize(w)
+    q.begin_arch()
+    vals = q.values(w)
+    q.end_arch()
+    assert q.values(w) is vals  # the next weight step: same weight, no second quantization
+    assert torch.equal(vals, torch.stack([asym_fake_quant(w.detach(), 2), asym_fake_quant(w.detach(), 4)]))
+    w.grad = torch.randn(16, 8)
+    version = w._version
+    torch.optim.AdamW([w], lr=0.1, fused=True).step()  # changes w without bumping its version counter
+    assert w._version == version
+    fresh = q.values(w)
+    assert fresh is not vals and torch.equal(fresh[1], asym_fake_quant(w.detach(), 4))
+    assert q._cache is None  # a weight step keeps nothing (the optimizer changes the weight next)
+
+
 @pytest.mark.parametrize("over", [True, False])
 def test_arch_step_moves_logits_toward_the_budget(over):
     model = tiny()

@@ -66,64 +66,51 @@ _ARCH_EPS = 1e-8
 
 
 # ------------------------------------------------------------------------------ the mixed weight
-_KERNELS: dict[tuple[str, tuple[int, ...]], Any] = {}
+_KERNELS: dict[tuple[int, ...], Any] = {}
 
 
-def _kernel(kind: str, widths: tuple[int, ...]):
-    """The plain tensor function (one per candidate set, so that ``run_compiled`` caches one graph):
-
-    * ``mix(w, p)``: ``sum_k p[:, k] * Q_{widths[k]}(w)``  (w (rows, cols), p (rows, K)) -> (rows, cols)
-    * ``dot(w, g)``: ``[sum_cols g * Q_{widths[k]}(w)]_k``                                  -> (rows, K)
-
-    ``Q_b`` is :func:`~compactbert.nn.quant.groupbits.asym_row_codes`' ``codes * scales + mins``,
-    the values a GroupBitsQuantizer at ``b`` bits computes; ``Q_0 = 0``.
+def candidate_values(widths: tuple[int, ...]):
+    """The plain tensor function ``w (rows, cols) -> (len(nonzero widths), rows, cols)``: ``Q_b(w)``
+    for every nonzero width, ``codes * scales + mins`` of
+    :func:`~compactbert.nn.quant.groupbits.asym_row_codes`, i.e. exactly what a
+    GroupBitsQuantizer at ``b`` bits computes. One function per width set, so that ``run_compiled``
+    keeps one compiled graph for it.
     """
-    key = (kind, widths)
-    if key not in _KERNELS:
-        def mix(w: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-            out = torch.zeros_like(w)
-            for k, b in enumerate(widths):
-                if b:
-                    codes, scales, mins = asym_row_codes(w, 2**b - 1)
-                    out = out + p[:, k : k + 1] * (codes * scales + mins)
-            return out
-
-        def dot(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-            cols = []
+    if widths not in _KERNELS:
+        def values(w: torch.Tensor) -> torch.Tensor:
+            out = []
             for b in widths:
-                if b:
-                    codes, scales, mins = asym_row_codes(w, 2**b - 1)
-                    cols.append((g * (codes * scales + mins)).sum(dim=1))
-                else:
-                    cols.append(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
-            return torch.stack(cols, dim=1)
+                codes, scales, mins = asym_row_codes(w, 2**b - 1)
+                out.append(codes * scales + mins)
+            return torch.stack(out)
 
-        _KERNELS[key] = mix if kind == "mix" else dot
-    return _KERNELS[key]
+        _KERNELS[widths] = values
+    return _KERNELS[widths]
 
 
 class MixedQuant(torch.autograd.Function):
-    """``W_mix = sum_k p[row, k] * Q_k(W)`` with straight-through gradients for ``W``
-    (``dW = dW_mix * sum_{k: b_k > 0} p[row, k]``) and exact ones for ``p``
-    (``dp[row, k] = sum_cols dW_mix * Q_k(W)``, computed only when ``p`` needs them).
+    """``W_mix[r] = sum_k p[r, k] * Q_k[r]`` over the nonzero candidates' values ``Q`` (K, rows,
+    cols), with a straight-through gradient for ``W`` (``dW = dW_mix * sum_k p[r, k]``: each
+    ``Q_k`` passes its gradient through) and the exact one for ``p`` (``dp[r, k] = sum_cols dW_mix *
+    Q_k``, only when ``p`` needs it, i.e. in an architecture step).
     """
 
     @staticmethod
-    def forward(ctx, w, p, widths, compiled):  # noqa: D102  w: (rows, cols) f32, p: (rows, K) f32
-        ctx.widths, ctx.compiled = widths, compiled
-        ctx.save_for_backward(w, p)
-        return run_compiled(_kernel("mix", widths), compiled, w.detach(), p.detach())
+    def forward(ctx, w, p, values):  # noqa: D102  w: (rows, cols), p: (rows, K), values: (K, rows, cols)
+        ctx.save_for_backward(p, values)
+        out = values[0] * p[:, :1]
+        for k in range(1, values.shape[0]):
+            out.addcmul_(values[k], p[:, k : k + 1])
+        return out
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
-        w, p = ctx.saved_tensors
-        gw = gp = None
-        if ctx.needs_input_grad[0]:
-            nonzero = torch.tensor([b > 0 for b in ctx.widths], dtype=p.dtype, device=p.device)
-            gw = grad * (p @ nonzero)[:, None]
+        p, values = ctx.saved_tensors
+        gw = grad * p.sum(dim=1, keepdim=True) if ctx.needs_input_grad[0] else None
+        gp = None
         if ctx.needs_input_grad[1]:
-            gp = run_compiled(_kernel("dot", ctx.widths), ctx.compiled, w.detach(), grad.float().contiguous())
-        return gw, gp, None, None
+            gp = torch.stack([(grad * values[k]).sum(dim=1) for k in range(values.shape[0])], dim=1)
+        return gw, gp, None
 
 
 def temperature(epoch: float, t0: float, eta: float, n0: float) -> float:
@@ -158,6 +145,7 @@ class SearchQuantizer(WeightQuantizer):
             self.register_buffer(name, None)
         self.tau = 1.0  # set by the method every step
         self.arch_leaf: torch.Tensor | None = None  # logits with a gradient, during an architecture step
+        self._cache: tuple | None = None  # (a copy of the weight, its Q values), see values()
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "row_group_size": self.row_group_size, "candidates": list(self.candidates)}
@@ -212,14 +200,31 @@ class SearchQuantizer(WeightQuantizer):
         return stored * params["scales"] + params["mins"]
 
     # -- forward ---------------------------------------------------------------------------------
+    def values(self, w: torch.Tensor) -> torch.Tensor:
+        """``Q_b(w)`` of the nonzero candidates, (K, rows, cols).
+
+        An architecture step (after the optimizer step) keeps its values with a copy of ``w``; the
+        next weight step, whose weights are still those (compared exactly), reuses them: one
+        quantization per training step instead of two, for the memory of a copy of the weight and
+        its K quantized versions.
+        """
+        w = w.detach().float()
+        if self._cache is not None and self._cache[0].shape == w.shape and torch.equal(self._cache[0], w):
+            return self._cache[1]
+        nonzero = tuple(b for b in self.candidates if b)
+        with torch.no_grad():
+            vals = run_compiled(candidate_values(nonzero), self.compiled, w)
+        self._cache = (w.clone(), vals) if self.arch_leaf is not None else None
+        return vals
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:  # w: (rows, cols)
         if not self.training:
             return self.fixed()(w)
         logits = self.arch_leaf if self.arch_leaf is not None else self.logits
         p = F.gumbel_softmax(logits.float(), tau=self.tau, dim=-1)  # (groups, candidates)
-        p_rows = p.repeat_interleave(self.row_group_size, dim=0)  # (rows, candidates)
-        out = MixedQuant.apply(w.float(), p_rows, tuple(self.candidates), self.compiled)
-        return out.to(w.dtype)
+        nonzero = [k for k, b in enumerate(self.candidates) if b]
+        p_rows = p[:, nonzero].repeat_interleave(self.row_group_size, dim=0)  # (rows, nonzero candidates)
+        return MixedQuant.apply(w, p_rows, self.values(w)).to(w.dtype)
 
     # -- the architecture step -------------------------------------------------------------------
     def begin_arch(self) -> torch.Tensor:

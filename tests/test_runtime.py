@@ -294,8 +294,8 @@ def _clipped_inputs(model) -> tuple[list, dict[str, int]]:
     for name, q in model.named_modules():
         if isinstance(q, StaticActQuantizer):
             def hook(mod, args, name=name):
-                scale, zp = mod._scale_zp()
-                v = args[0].float() / scale + (zp if zp is not None else 0)
+                p = mod.packed_params()  # the calibrated range: scale (and zero point)
+                v = args[0].float() / p["scale"] + p.get("zero_point", 0)
                 counts[name] = counts.get(name, 0) + int(((v < mod.qmin - 0.5) | (v > mod.qmax + 0.5)).sum())
             hooks.append(q.register_forward_pre_hook(hook))
     return hooks, counts
@@ -329,7 +329,7 @@ def test_static_int8_codes_saturate_like_the_training_quantizer():
     q = StaticActQuantizer(8)
     with calibration(q):
         q(torch.tensor([-1.0, 1.0]))
-    scale = q._scale_zp()[0]
+    scale = q.packed_params()["scale"].reshape(())
     x = torch.tensor([[-500.0, -200.0, -1.0, -0.3, 0.0, 0.3, 1.0, 200.0, 500.0]]) * scale
     codes, s = q.int8_codes(x)
     assert codes.dtype == torch.int8 and torch.equal(s, scale)

@@ -39,6 +39,36 @@ def replace_file(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
+def read_user_text(path: str | os.PathLike, what: str, max_bytes: int, hint: str = "") -> str:
+    """The text of a small UTF-8 file the user named (a leading BOM is dropped).
+
+    ``what`` names the file in messages (``"recipe file"``); ``hint`` (what a valid file is) is
+    appended to the "does not exist" and "is larger than" messages.
+
+    Raises:
+        UserError: the file is missing, unreadable, larger than ``max_bytes`` or not UTF-8; the
+            message names the file (and, for bad bytes, the line).
+    """
+    p = Path(path)
+    tail = f"; {hint}" if hint else ""
+    if not p.is_file():
+        raise UserError(f"{what} {str(path)!r} does not exist{tail}")
+    try:
+        with p.open("rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise UserError(f"cannot read {what} {str(path)!r}: {e.strerror or e}") from None
+    if len(data) > max_bytes:
+        raise UserError(f"{what} {str(path)!r} is larger than {max_bytes // 1024} KiB{tail}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the {what} as UTF-8"
+        ) from None
+
+
 def user_path(text: str | os.PathLike) -> Path:
     """``Path(text)`` with a leading ``~`` expanded; unchanged when that user (or home) is unknown."""
     p = Path(text)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 
 from . import defaults as D
 from .errors import UserError, did_you_mean, short_repr
+from .fileio import read_user_text
 from .limits import MAX_EPOCHS, MAX_SEED, MAX_STEPS
 from .methods.base import Method
 from .methods import method_types
@@ -272,23 +273,7 @@ class _PlainDumper(yaml.SafeDumper):
 
 def read_recipe_text(path: str | Path) -> str:
     """The text of a recipe file; UserError if it is missing, unreadable, too large or not UTF-8."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"recipe file {str(path)!r} does not exist")
-    try:
-        with p.open("rb") as f:
-            data = f.read(MAX_RECIPE_BYTES + 1)
-    except OSError as e:
-        raise UserError(f"cannot read recipe {str(path)!r}: {e.strerror or e}") from None
-    if len(data) > MAX_RECIPE_BYTES:
-        raise UserError(f"recipe {str(path)!r} is larger than {MAX_RECIPE_BYTES // 1024} KiB; a recipe is a short YAML file")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise UserError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the recipe as UTF-8"
-        ) from None
+    return read_user_text(path, "recipe file", MAX_RECIPE_BYTES, "a recipe is a short YAML file")
 
 
 def load_plain_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:

@@ -14,33 +14,11 @@ Names are imported lazily so that ``import compactbert.data.tasks`` does not imp
 
 from __future__ import annotations
 
-_EXPORTS = {
-    "TaskSpec": "tasks",
-    "TASKS": "tasks",
-    "GLUE_TASKS": "tasks",
-    "get_task": "tasks",
-    "compute_metrics": "tasks",
-    "Example": "sources",
-    "load_examples": "sources",
-    "ensure_rt_corpus": "sources",
-    "cache_dir": "sources",
-    "load_corpus": "corpus",
-    "ensure_corpus": "corpus",
-    "encode": "batching",
-    "Collator": "batching",
-    "batch_order": "batching",
-    "restore_order": "batching",
-    "feature_lengths": "batching",
-}
+from ..lazy import lazy_exports
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = list(_EXPORTS)
+__getattr__, __all__ = lazy_exports(__name__, {
+    ".tasks": ("TaskSpec", "TASKS", "GLUE_TASKS", "get_task", "compute_metrics"),
+    ".sources": ("Example", "load_examples", "ensure_rt_corpus", "cache_dir"),
+    ".corpus": ("load_corpus", "ensure_corpus"),
+    ".batching": ("encode", "Collator", "batch_order", "restore_order", "feature_lengths"),
+})

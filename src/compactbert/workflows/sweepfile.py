@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import defaults as D
 from ..errors import UserError, did_you_mean, short_repr
+from ..fileio import read_user_text
 
 __all__ = ["Point", "SweepEntry", "SweepFile", "SweepPlan", "expand", "format_set", "load_sweep", "MAX_POINTS"]
 
@@ -179,22 +180,6 @@ def expand(sweep: SweepFile, where: str = "<sweep>") -> list[Point]:
     return points
 
 
-def _read_text(path: Path) -> str:
-    if not path.is_file():
-        raise UserError(f"sweep file {str(path)!r} does not exist; give a YAML file (e.g. sweeps/combining-compressions.yaml)")
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_SWEEP_BYTES + 1)
-    except OSError as e:
-        raise UserError(f"cannot read sweep file {str(path)!r}: {e.strerror or e}") from None
-    if len(data) > MAX_SWEEP_BYTES:
-        raise UserError(f"sweep file {str(path)!r} is larger than {MAX_SWEEP_BYTES // 1024} KiB")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
-
-
 def _validation_error(e: ValidationError, where: str) -> UserError:
     """One line from the first pydantic error of a sweep file."""
     err = e.errors()[0]
@@ -256,7 +241,10 @@ def load_sweep(path: str | Path, max_points: int = MAX_POINTS) -> SweepPlan:
 
     source = Path(path).expanduser()
     where = str(path)
-    sweep = parse_sweep(_read_text(source), where)
+    sweep = parse_sweep(
+        read_user_text(source, "sweep file", MAX_SWEEP_BYTES, "give a YAML file (e.g. sweeps/combining-compressions.yaml)"),
+        where,
+    )
     n = grid_size(sweep)
     if n > max_points:
         raise UserError(

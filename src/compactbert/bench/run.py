@@ -56,7 +56,7 @@ def _load_tokenizer(folder: Path, kind: str):
                 if tok is None:
                     raise OSError("the packed directory has no tokenizer")
                 return tok
-            return AutoTokenizer.from_pretrained(str(folder))
+            return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"cannot load the tokenizer of {str(folder)!r}: {str(e).splitlines()[0]}") from None
 

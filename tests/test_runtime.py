@@ -538,7 +538,7 @@ def a8_model(arch: str, static: bool = False):
 
 @pytest.mark.parametrize(("arch", "static"), [("bert", False), ("roberta", False), ("distilbert", True)])
 def test_a8_models_run_exact_int8_products_by_default(tmp_path, arch, static):
-    from compactbert.runtime.kernels import Int8Linear, onednn_int8_available
+    from compactbert.runtime.kernels import Int8Linear, onednn_int8_max_level
 
     model = a8_model(arch, static)
     ids, mask, tt = batch(arch)
@@ -549,9 +549,13 @@ def test_a8_models_run_exact_int8_products_by_default(tmp_path, arch, static):
     export_packed(model, None, tmp_path, float_dtype="float32")
     pm = load(tmp_path)  # auto: the activation quantizers run, as int8 products
     int8 = [m for m in pm.encoder.modules() if isinstance(m, Int8Linear)]
-    exact_int8 = onednn_int8_available()  # VNNI / AMX; AVX2's int8 products saturate: float32 emulation
-    assert pm.dtype == "fp32" and len(int8) == (2 * 4 if exact_int8 else 0)  # fused QKV, O, up, down x 2
-    assert ("int8 qlinear" in pm.describe()) == exact_int8
+    # layer j uses kind (j // 6) % 3: layer 0 int8 levels (+-127), layer 1 ternary (+-1). VNNI / AMX
+    # multiply both exactly; AVX2 only levels within +-64 (int16 pair sums): the ternary layer only.
+    limit = onednn_int8_max_level()
+    expected = {127: 2 * 4, 64: 4, 0: 0}[limit]  # fused QKV, O, up, down per layer
+    assert pm.dtype == "fp32" and len(int8) == expected
+    assert all(int(m.levels_max) <= limit for m in int8)
+    assert ("int8 qlinear" in pm.describe()) == (expected > 0)
     out = run(pm, arch, ids, mask, tt)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=0)
     fast = run(load(tmp_path, act_quant="off"), arch, ids, mask, tt)  # bf16, activations unquantized
@@ -581,19 +585,31 @@ def test_rounding_floats_to_fp16_makes_the_default_fp16_export_exact(tmp_path):
     assert not torch.equal(unrounded, ref)  # what changed is the evaluated model: now what is shipped
 
 
-def test_int8_probe_accepts_only_exact_full_range_products():
-    """The runtime uses oneDNN's int8 product only where it accumulates exactly in int32 (VNNI / AMX);
-    on AVX2 it saturates in int16 and the probe must say no."""
-    from compactbert.runtime.kernels import onednn_int8_available
-
-    g = torch.Generator().manual_seed(1)
+def exact_int8_product(limit: int, seed: int) -> bool:
+    g = torch.Generator().manual_seed(seed)
     x = torch.randint(-127, 128, (16, 256), dtype=torch.int8, generator=g)
-    wt = torch.randint(-127, 128, (32, 256), dtype=torch.int8, generator=g)
+    wt = torch.randint(-limit, limit + 1, (32, 256), dtype=torch.int8, generator=g)
+    x[3], wt[5] = 127, limit  # the worst case of int16 pair sums
     try:
         w = torch.ops.onednn.qlinear_prepack(wt, None)
         y = torch.ops.onednn.qlinear_pointwise(x, 1.0, 0, w, torch.ones(32), torch.zeros(32, dtype=torch.int64),
                                                None, 1.0, 0, torch.float32, "none", [], "")
-        exact = torch.equal(y, x.double().matmul(wt.double().T).float())
+        return bool(torch.equal(y, x.double().matmul(wt.double().T).float()))
     except (RuntimeError, AttributeError):
-        exact = False
-    assert onednn_int8_available() == exact
+        return False
+
+
+def test_int8_probe_accepts_only_exact_products():
+    """The runtime uses oneDNN's int8 product only for weights it multiplies exactly in int32: every
+    int8 weight on VNNI / AMX; on AVX2 (int16 pair sums that saturate) only levels within +-64."""
+    from compactbert.runtime.kernels import onednn_int8_available, onednn_int8_max_level
+
+    limit = onednn_int8_max_level()
+    assert limit in (0, 64, 127)
+    assert onednn_int8_available() == (limit == 127) == exact_int8_product(127, 1)
+    if limit:
+        assert exact_int8_product(limit, 2) and exact_int8_product(1, 3)
+    if limit == 64:  # AVX2: one level more and the worst case saturates
+        assert not exact_int8_product(65, 4)
+    if limit == 0:
+        assert not exact_int8_product(64, 5)

@@ -47,7 +47,7 @@ from .. import defaults as D
 from ..errors import UserError
 from .encoder import LeanEncoder
 from .engines import ENGINES, check_backend, engine_model, pick_fastest
-from .kernels import Int8Linear, cpu_has_native_bf16, mkldnn_available, onednn_int8_available
+from .kernels import Int8Linear, cpu_has_native_bf16, mkldnn_available, onednn_int8_max_level
 
 __all__ = ["load", "PackedModel", "LeanEncoder", "default_dtype"]
 
@@ -324,7 +324,7 @@ def load(path: str | os.PathLike, dtype: str = "auto", threads: int | None = Non
         tdtype = torch.float32
     dtype = "bf16" if tdtype == torch.bfloat16 else "fp32"
     kernels = "mkldnn" if (tdtype == torch.bfloat16 and mkldnn_available()) else "torch"
-    int8 = use_aq and onednn_int8_available()
+    int8 = use_aq and onednn_int8_max_level() > 0  # per weight: levels within what is exact here
     encoder = LeanEncoder(packed.config, packed.tensors, dtype=tdtype, backend=kernels,
                           act_quant=packed.act_quant if use_aq else None, vocab_map=packed.vocab_map,
                           int8_codes=packed.row_codes if int8 else None)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import ActQuant, Int8Linear, Linear
+from .kernels import ActQuant, Int8Linear, Linear, onednn_int8_max_level
 
 __all__ = ["LeanEncoder"]
 
@@ -62,7 +62,11 @@ class _Builder:
         return ActQuant(spec["spec"], spec.get("params")) if spec else None
 
     def int8_ok(self, name: str, quant: ActQuant | None) -> bool:
-        return quant is not None and f"{name}.weight" in self.codes and quant.exact_int8
+        """An exact int8 product: integer weight levels within what this CPU's int8 product holds
+        exactly (:func:`onednn_int8_max_level`), and an input quantizer that gives int8 codes."""
+        code = self.codes.get(f"{name}.weight")
+        return (quant is not None and code is not None and quant.exact_int8
+                and int(code[0].abs().max()) <= onednn_int8_max_level())
 
     def lin(self, name: str, dt: torch.dtype | None = None, backend: str | None = None) -> Linear | Int8Linear:
         quant = self.act_quant_of(name)

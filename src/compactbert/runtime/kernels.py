@@ -53,7 +53,7 @@ from torch import nn
 from ..nn.quant import ActivationQuantizer, quantizer_class
 from ..nn.quant.ops import run_compiled
 
-__all__ = ["cpu_has_native_bf16", "mkldnn_available", "onednn_int8_available", "Linear", "Int8Linear", "ActQuant",
+__all__ = ["cpu_has_native_bf16", "mkldnn_available", "onednn_int8_available", "onednn_int8_max_level", "Linear", "Int8Linear", "ActQuant",
            "activation_fn"]
 
 
@@ -84,27 +84,47 @@ def mkldnn_available() -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=None)
-def onednn_int8_available() -> bool:
-    """True when PyTorch's oneDNN int8 linear (``onednn.qlinear_pointwise``) is exact here.
-
-    Exact means: int32 accumulation of full-range int8 products. On CPUs with VNNI / AMX it is; on
-    AVX2-only CPUs oneDNN multiplies through ``vpmaddubsw``, whose int16 pair sums saturate (seen on
-    an AVX2 EPYC: an error of ~19,000 on a random 4x64 @ 64x8 product), so the probe multiplies
-    full-range random codes and compares with the exact product; where it is not exact the runtime
-    keeps the float32 emulation of the same quantized arithmetic (exact, slower).
-    """
+def _int8_product_exact(limit: int) -> bool:
+    """Whether oneDNN's int8 product is exact for full-range activation codes and weight levels in
+    [-limit, limit], the worst cases (all +-127 against all +-limit) included."""
     try:
         g = torch.Generator().manual_seed(0)
-        x = torch.randint(-127, 128, (4, 64), dtype=torch.int8, generator=g)
-        wt = torch.randint(-127, 128, (8, 64), dtype=torch.int8, generator=g)
+        x = torch.randint(-127, 128, (8, 128), dtype=torch.int8, generator=g)
+        x[0], x[1] = 127, -127
+        wt = torch.randint(-limit, limit + 1, (16, 128), dtype=torch.int8, generator=g)
+        wt[0], wt[1] = limit, -limit
         w = torch.ops.onednn.qlinear_prepack(wt, None)
         y = torch.ops.onednn.qlinear_pointwise(
-            x, 1.0, 0, w, torch.ones(8), torch.zeros(8, dtype=torch.int64),
+            x, 1.0, 0, w, torch.ones(16), torch.zeros(16, dtype=torch.int64),
             None, 1.0, 0, torch.float32, "none", [], "")
         return bool(torch.equal(y, x.double().matmul(wt.double().T).float()))
     except (RuntimeError, AttributeError):
         return False
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_int8_max_level() -> int:
+    """The largest weight level ``L`` for which PyTorch's oneDNN int8 linear (``onednn.qlinear_pointwise``)
+    is exact here with full-range int8 activations: 127, 64 or 0 (not usable).
+
+    Exact means int32 accumulation. On CPUs with VNNI / AMX every int8 product is (127). On AVX2-only
+    CPUs oneDNN multiplies through ``vpmaddubsw``: activations shifted to uint8 (0..255) times int8
+    weights, pairs summed into int16 with saturation, so a product is exact only while
+    ``2 * 255 * |level| <= 32767``, i.e. levels within +-64 (seen on an AVX2 EPYC: full-range levels
+    were off by ~19,000 on a 4x64 @ 64x8 product; levels within +-64 were exact). Binary, ternary and
+    up-to-7-bit weights therefore run as int8 products on such CPUs too; 8-bit weights keep the float32
+    emulation of the same quantized arithmetic there (exact, slower).
+    """
+    for limit in (127, 64):
+        if _int8_product_exact(limit):
+            return limit
+    return 0
+
+
+def onednn_int8_available() -> bool:
+    """True when oneDNN's int8 linear is exact for every int8 weight (VNNI / AMX CPUs); see
+    :func:`onednn_int8_max_level` for the weights it is exact for elsewhere."""
+    return onednn_int8_max_level() == 127
 
 
 _TORCH_ACT = {
@@ -244,6 +264,10 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = levels.shape
         self.act_quant = act_quant
         self.out_dtype = out_dtype
+        self.levels_max = int(levels.abs().max()) if levels.numel() else 0
+        if self.levels_max > onednn_int8_max_level():
+            raise ValueError(f"weight levels up to {self.levels_max} are not multiplied exactly by this CPU's "
+                             f"int8 product (exact up to {onednn_int8_max_level()})")
         self.packed = torch.ops.onednn.qlinear_prepack(levels.to(torch.int8).contiguous(), None)
         self.register_buffer("w_scales", row_scales.float().contiguous())
         self.register_buffer("w_zero", torch.zeros(levels.shape[0], dtype=torch.int64))

@@ -10,6 +10,9 @@ Each path given to ``compactbert report`` may be:
   throughput, peak memory, size and (with a task) accuracy;
 * an ``eval.json`` or ``size.json`` file: an entry named after its folder.
 
+A run or packed directory whose weights carry ``groupbits`` quantizers also gets ``widths``:
+``{matrix name: [bits of each row group]}`` (:func:`compactbert.report.widths.widths_of_folder`).
+
 Entries that describe the same model folder (a packed directory that is also in a bench.json) are
 merged; the benchmark's numbers win where both have one, because they were measured together.
 """
@@ -31,7 +34,7 @@ __all__ = ["collect", "FIELDS"]
 FIELDS = (
     "name", "kind", "role", "task", "metric", "accuracy", "file_bytes", "weights_bytes", "bytes_source",
     "latency_ms_bs1_p50", "latency_ms_bs1_p90", "throughput_bs32", "peak_rss_mb", "threads", "kernels",
-    "source", "group",
+    "source", "group", "widths",
 )
 _BENCH_KEYS = (
     "kind", "role", "accuracy", "metric", "file_bytes", "weights_bytes", "latency_ms_bs1_p50",
@@ -138,6 +141,10 @@ def _dir_entries(p: Path) -> list[dict[str, Any]]:
         if (p / SIZE_FILE).is_file():
             model_entry["file_bytes"] = _size_bytes(_read_json(p / SIZE_FILE), p / SIZE_FILE)
             model_entry["bytes_source"] = "size.json"
+    if model_entry is not None and kind in (RUN, PACKED, MODEL):
+        from .widths import widths_of_folder
+
+        model_entry["widths"] = widths_of_folder(p / MODEL_DIR if kind == RUN else p) or None
     if model_entry is not None and (p / "eval.json").is_file():
         _apply_eval(model_entry, _read_json(p / "eval.json"), p / "eval.json")
     if model_entry is not None:

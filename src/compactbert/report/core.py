@@ -6,6 +6,9 @@
 * ``accuracy_vs_bytes.png``, ``accuracy_vs_latency.png`` (batch-1 p50) and
   ``accuracy_vs_throughput.png`` (batch 32): log-scaled x, every model labelled; a plot is skipped
   when no model has both of its values;
+* ``widths_<model>.png``, one per model whose weights carry ``groupbits`` quantizers (a mixed-precision
+  run or its packed export): the bit width of every row group of every matrix, with a table of the
+  average bits per layer and matrix kind (see :mod:`compactbert.report.widths`);
 * ``index.html``: the table and the plots (embedded, so the page is one self-contained file);
 * ``report.json``: the collected entries.
 
@@ -138,7 +141,7 @@ img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 """
 
 
-def _html(entries: list[dict[str, Any]], plots: list[Path], title: str) -> str:
+def _html(entries: list[dict[str, Any]], plots: list[Path], title: str, widths: list[dict[str, Any]] = ()) -> str:
     rows = table_rows(entries)
     left = {"model", "kind", "task (metric)"}
     out = [
@@ -163,6 +166,11 @@ def _html(entries: list[dict[str, Any]], plots: list[Path], title: str) -> str:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         out.append(f"<h2>{html.escape(png.stem.replace('_', ' '))}</h2>")
         out.append(f"<img src=\"data:image/png;base64,{data}\" alt=\"{html.escape(png.name)}\">")
+    if widths:
+        from .widths import widths_section_html
+
+        out.append("<h2>Bit widths per row group</h2>")
+        out.extend(widths_section_html(w["name"], w["tmp_png"], w["summary"]) for w in widths)
     details = [e for e in entries if e.get("kernels") or e.get("bytes_source")]
     if details:
         out.append("<h2>Details</h2><ul>")
@@ -214,19 +222,40 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
             png = scatter_plot(entries, key, tmp / fname, xlabel, ptitle, x_unit=unit, higher_x_better=higher)
             if png is not None:
                 plots.append(out / png.name)
+        widths = write_widths_plots(entries, tmp)
         (tmp / "report.md").write_text(f"# {title}\n\n" + format_table(entries)
-                                       + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots))
-        (tmp / "index.html").write_text(_html(entries, [tmp / p.name for p in plots], title))
+                                       + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
+                                       + "".join(w["markdown"] for w in widths))
+        (tmp / "index.html").write_text(_html(entries, [tmp / p.name for p in plots], title, widths))
         (tmp / "report.json").write_text(json.dumps({"entries": entries}, indent=2) + "\n")
     return {"out_dir": out, "html": out / "index.html", "markdown": out / "report.md", "json": out / "report.json",
-            "plots": plots, "entries": entries}
+            "plots": plots, "widths_plots": [out / w["tmp_png"].name for w in widths], "entries": entries}
+
+
+def write_widths_plots(entries: list[dict[str, Any]], folder: Path) -> list[dict[str, Any]]:
+    """One ``widths_<model>.png`` in ``folder`` per entry with groupbits widths; returns, per picture,
+    ``{"name", "tmp_png", "summary", "markdown"}`` (the PNG's path in ``folder``)."""
+    from .widths import summary_markdown, widths_file_name, widths_plot, widths_summary
+
+    out: list[dict[str, Any]] = []
+    taken: set[str] = set()
+    for e in entries:
+        if not e.get("widths"):
+            continue
+        png = widths_plot(e["widths"], folder / widths_file_name(str(e["name"]), taken), f"Bit widths: {e['name']}")
+        if png is None:
+            continue
+        summary = widths_summary(e["widths"])
+        out.append({"name": str(e["name"]), "tmp_png": png, "summary": summary,
+                    "markdown": summary_markdown(str(e["name"]), png.name, summary)})
+    return out
 
 
 def is_report_output(folder: Path) -> bool:
     """Whether ``folder`` holds an earlier report and nothing else (``report`` replaces it)."""
     names = {p.name for p in folder.iterdir()}
     own = {"index.html", "report.md", "report.json", *(fname for fname, *_ in PLOTS)}
-    return "report.json" in names and names <= own
+    return "report.json" in names and all(n in own or (n.startswith("widths_") and n.endswith(".png")) for n in names)
 
 
 def report(paths: Sequence[str | os.PathLike], out: str | os.PathLike = "report", title: str = "compactbert report",
@@ -254,6 +283,6 @@ def report(paths: Sequence[str | os.PathLike], out: str | os.PathLike = "report"
         for r in table_rows(result["entries"]):
             table.add_row(*r)
         console.print(table)
-        for p in [result["html"], result["markdown"], *result["plots"]]:
+        for p in [result["html"], result["markdown"], *result["plots"], *result["widths_plots"]]:
             console.print(f"wrote {p}", highlight=False)
     return result["html"]

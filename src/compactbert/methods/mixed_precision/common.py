@@ -128,7 +128,7 @@ def widths_from_spec(source: str | Path | dict[str, Any]) -> dict[str, list[int]
     """The same from a model folder, its ``compression.json`` path, or the loaded spec dict.
 
     Raises:
-        UserError: the file is missing or not a compression spec.
+        UserError: the file is missing or not a compression spec, or a group_bits list is malformed.
     """
     spec = source
     if not isinstance(source, dict):
@@ -136,16 +136,21 @@ def widths_from_spec(source: str | Path | dict[str, Any]) -> dict[str, list[int]
         path = path / "compression.json" if path.is_dir() else path
         try:
             spec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
             raise UserError(f"{path}: cannot read the compression spec: {e}") from None
     modules = spec.get("modules") if isinstance(spec, dict) else None
     if not isinstance(modules, dict):
         raise UserError(f"{str(source)[:80]!r} is not a compression spec (no 'modules')")
     out = {}
     for name, entry in modules.items():
-        q = (entry or {}).get("weight_quantizer") or {}
-        if q.get("kind") == GroupBitsQuantizer.kind:
-            out[name] = [int(b) for b in q["group_bits"]]
+        q = entry.get("weight_quantizer") if isinstance(entry, dict) else None
+        if isinstance(q, dict) and q.get("kind") == GroupBitsQuantizer.kind:
+            bits = q.get("group_bits")
+            if (not isinstance(bits, list) or not bits
+                    or any(isinstance(b, bool) or not isinstance(b, int) or not 0 <= b <= 8 for b in bits)):
+                raise UserError(f"{str(source)[:80]!r}: modules.{str(name)[:80]}.weight_quantizer.group_bits is "
+                                f"{str(bits)[:40]}; valid: a non-empty list of integers 0..8")
+            out[name] = list(bits)
     return out
 
 

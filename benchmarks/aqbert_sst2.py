@@ -126,6 +126,10 @@ def one_run(args, method: str, bits: int, budget_bytes: float, seed: int, epoch_
     overrides = run_overrides(method, bits, budget_bytes, args.steps, seed, epoch_steps, args.eval_every)
     if method == "dnas":
         overrides += args.extra
+    done = out / "bench_row.json"
+    if done.is_file() and json.loads(done.read_text()).get("overrides") == overrides:
+        print(f"{name}: finished before with the same settings, kept", flush=True)  # a rerun continues
+        return json.loads(done.read_text())
     t0 = time.perf_counter()
     api.compress(RECIPES[method], args.teacher, "sst2", out, data=args.data, overrides=overrides,
                  max_train_samples=args.max_train_samples, overwrite=True, progress=False)

@@ -31,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from finetune_sst2 import cpu_name, publish  # noqa: E402
+from roofline import config_flops, measure_peaks, roofline_lines  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 
@@ -110,6 +111,10 @@ model was timed ({len(load.get('contended') or [])} contended timings).
 
 Kernels:
 {kernels}
+
+Roofline (FLOPs of a batch-32 forward of {result['seq_len']} tokens over the measured batch-32 time, against
+the peak of one product measured right after, same threads; `benchmarks/roofline.py`):
+{chr(10).join(result.get('roofline') or ['(not measured)'])}
 """
 
 
@@ -136,6 +141,10 @@ def main(argv=None) -> int:
         backends=[b for b in args.backends.split(",") if b], **extra,
     )
     print_bench_table(result, path=args.out)
+    for r in result["models"]:
+        r["flops"] = config_flops(r["path"] if r.get("role") != "baseline" else args.teacher, args.seq_len, 32)
+    result["roofline"] = roofline_lines(measure_peaks(args.threads), result["models"], args.seq_len)
+    print("\n".join(result["roofline"]))
     command = "python benchmarks/bench_engines.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if result["load"].get("warning") and not args.force:
         print(f"not published: {result['load']['warning']}", file=sys.stderr)

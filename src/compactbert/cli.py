@@ -151,10 +151,12 @@ def _print_eval(result: dict, what: str) -> None:
 @app.command(no_args_is_help=True)
 def compress(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML file, or the name of a ready recipe (xtc-binary, int8-qat, ...).", show_default=False)],
-    teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned teacher: a finetune run directory or a model folder.", show_default=False)],
     out: _RunOut,
-    task: _Task = D.TASK,
-    data: _Data = None,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", help="Teacher: a fine-tuned finetune run directory or model folder (the student starts as its copy unless --model is given). For --task corpus: the dense model to distil from (default: --model itself).", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Where the student starts, when not a copy of --teacher: a model folder, minilm-l6, or a run directory such as an upstream run (its masks and quantizers are kept, with a new task head).", show_default=False)] = None,
+    task: Annotated[str, typer.Option("--task", "-t", help=_TASKS_HELP + " Or corpus: label-free upstream compression on the sentences of --data (general-en, embedded, or a .txt/.jsonl file) by distillation from the dense model.")] = D.TASK,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help=_DATA_HELP + " For --task corpus: general-en (default) or a .txt / .jsonl file.", show_default=False)] = None,
+    eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="--task corpus: STS-B data (e.g. ../shared/data/glue) to score the sentence embeddings on (Spearman of cosines); without it, only the held-out corpus cosine to the teacher.", show_default=False)] = None,
     set_: Annotated[
         Optional[list[str]],
         typer.Option("--set", help="Override a recipe key, KEY=VALUE (e.g. stages.0.epochs=1); repeatable.", show_default=False),
@@ -168,12 +170,17 @@ def compress(
     """Compress a fine-tuned teacher with a recipe: leaves OUT/model, eval.json and size.json.
 
     Example: compactbert compress recipes/xtc-binary.yaml --teacher runs/sst2 --task sst2 --data ../shared/data/glue --out runs/sst2-w1a8 --set stages.0.epochs=1
+
+    Upstream (label-free, on a corpus), then a task with the mask locked:
+    compactbert compress pofa-upstream --model minilm-l6 --task corpus --eval-data ../shared/data/glue --out runs/up;
+    compactbert compress pofa-downstream --model runs/up --teacher runs/sst2 --task sst2 --data ../shared/data/glue --out runs/sst2-pofa
     """
     from . import api
 
     run = api.compress(
         recipe, teacher, task, out, data=data, overrides=set_ or [], max_train_samples=max_train_samples,
-        max_eval_samples=max_eval_samples, resume=resume, overwrite=overwrite, progress=progress,
+        max_eval_samples=max_eval_samples, resume=resume, overwrite=overwrite, progress=progress, model=model,
+        eval_data=eval_data,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         _print_eval(json.loads((run / api.EVAL_FILE).read_text()), f"{run}/model")

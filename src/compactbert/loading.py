@@ -64,16 +64,13 @@ def load_for_task(model: str | os.PathLike, task) -> tuple[Any, Any]:
 
     from .data.tasks import get_task
     from .models import resolve_model
+    from .nn.io import COMPRESSION_FILE
 
     spec = get_task(task)
     path = resolve_model(model_source(model))
-    kwargs: dict[str, Any] = {
-        "num_labels": spec.num_labels,
-        "problem_type": "regression" if spec.is_regression else "single_label_classification",
-    }
-    if spec.label_names is not None:
-        kwargs["id2label"] = dict(enumerate(spec.label_names))
-        kwargs["label2id"] = {n: i for i, n in enumerate(spec.label_names)}
+    if Path(path).is_dir() and (Path(path) / COMPRESSION_FILE).is_file():
+        return _load_compressed_for_task(model, path, spec)
+    kwargs = _head_kwargs(spec)
     with quiet_transformers():
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
@@ -89,14 +86,38 @@ def load_for_task(model: str | os.PathLike, task) -> tuple[Any, Any]:
     return net, tokenizer
 
 
-def load_saved(model_dir: str | os.PathLike, what: str = "model"):
+def _head_kwargs(spec) -> dict[str, Any]:
+    """``from_pretrained`` / config arguments of a head sized for the task ``spec``."""
+    kwargs: dict[str, Any] = {
+        "num_labels": spec.num_labels,
+        "problem_type": "regression" if spec.is_regression else "single_label_classification",
+    }
+    if spec.label_names is not None:
+        kwargs["id2label"] = dict(enumerate(spec.label_names))
+        kwargs["label2id"] = {n: i for i, n in enumerate(spec.label_names)}
+    return kwargs
+
+
+def _load_compressed_for_task(model, path: str, spec) -> tuple[Any, Any]:
+    """A compressed model folder (``compression.json``: masks, quantizers) with a head for ``spec``:
+    its compressed layers are rebuilt and kept (a locked-mask transfer keeps them), a bare encoder
+    (an upstream run) gets a new head."""
+    net, tokenizer = load_saved(path, f"model {str(model)!r}", **_head_kwargs(spec))
+    if tokenizer is None:
+        raise UserError(f"model {str(model)!r} has no tokenizer files; expected a folder written by compactbert")
+    _fix_pad_token(net, tokenizer)
+    return net.train(), tokenizer
+
+
+def load_saved(model_dir: str | os.PathLike, what: str = "model", headless: bool = False, **kwargs):
     """``(model, tokenizer)`` of a folder written by :func:`compactbert.nn.io.save_model` (compressed
-    layers rebuilt), quietly; ``what`` names the folder in the error message."""
+    layers rebuilt), quietly; ``what`` names the folder in the error message. ``headless``: the bare
+    encoder (see :func:`compactbert.nn.io.load_model`, which also takes ``kwargs``)."""
     from .nn.io import load_model
 
     with quiet_transformers():
         try:
-            return load_model(Path(model_dir))
+            return load_model(Path(model_dir), headless=headless, **kwargs)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"cannot load {what} {str(model_dir)!r}: {first_line(e)}") from None
 

@@ -56,6 +56,8 @@ class TaskSpec:
         hub_text_columns: the text columns in the hub dataset (``("premise", "hypothesis")`` for MNLI).
         glue_header: column names for GLUE files that ship without a header line (CoLA), else ``None``.
         label_range: the valid interval of a regression target (STS-B: 0 to 5).
+        label_free: no labels at all (:data:`CORPUS_TASK`): the training loop adds no task loss and
+            the run is scored by an evaluator of its own, not by :func:`compute_metrics`.
     """
 
     name: str
@@ -70,6 +72,7 @@ class TaskSpec:
     hub_text_columns: tuple[str, ...] = ()
     glue_header: tuple[str, ...] | None = None
     label_range: tuple[float, float] | None = None
+    label_free: bool = False
 
     @property
     def is_regression(self) -> bool:
@@ -144,6 +147,22 @@ TASKS: dict[str, TaskSpec] = {
     )
 }
 
+#: Label-free upstream compression (``compress --task corpus``): sentences of a corpus, no labels;
+#: trained by distillation from the dense model and scored by its sentence embeddings
+#: (:mod:`compactbert.workflows.upstream` sets the main metric). Not in :data:`TASKS`: ``finetune``
+#: and ``eval`` need labels.
+CORPUS_TASK = TaskSpec("corpus", ("text",), "text", None, ("spearman_cosine", "teacher_cosine"), "teacher_cosine",
+                       label_free=True)
+CORPUS_TASK_NAMES = ("corpus", "upstream")
+
+
+def is_corpus_task(name: object) -> bool:
+    """True for :data:`CORPUS_TASK` and its names (``corpus``, ``upstream``)."""
+    if isinstance(name, TaskSpec):
+        return name.label_free
+    return isinstance(name, str) and _norm(name) in CORPUS_TASK_NAMES
+
+
 GLUE_TASKS: tuple[str, ...] = tuple(n for n, t in TASKS.items() if t.glue_dir is not None)
 
 # Other spellings people use, after lower-casing and dropping '-', '_', ' ' and '.'.
@@ -175,6 +194,11 @@ def get_task(name: str | TaskSpec) -> TaskSpec:
     key = _ALIASES.get(key, key)
     if key in TASKS:
         return TASKS[key]
+    if key in CORPUS_TASK_NAMES:
+        raise UserError(
+            f"task {name!r} has no labels: it is for `compactbert compress` only (label-free upstream compression by "
+            f"distillation on a corpus); to learn a task give one of: {', '.join(TASKS)}"
+        )
     valid = list(TASKS)
     raise UserError(f"unknown task {name!r}{did_you_mean(key, valid)}; valid tasks: {', '.join(valid)}")
 

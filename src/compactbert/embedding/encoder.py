@@ -66,12 +66,14 @@ class HFSentenceEncoder:
         lens = [len(ids) for ids in self.tokenizer(sentences, truncation=True, max_length=length)["input_ids"]]
         order = sorted(range(len(sentences)), key=lens.__getitem__)
         chunks: list[torch.Tensor] = []
+        device = next(self.model.parameters()).device
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 batch = self.tokenizer([sentences[i] for i in idx], padding=True, truncation=True,
                                        max_length=length, return_tensors="pt")
-                chunks.append(pool(self.token_states(dict(batch)), batch["attention_mask"], self.pooling))
+                batch = {k: v.to(device) for k, v in batch.items()}
+                chunks.append(pool(self.token_states(batch), batch["attention_mask"], self.pooling).cpu())
         out = torch.zeros(len(sentences), chunks[0].shape[1])
         out[torch.tensor(order)] = torch.cat(chunks)
         return out

@@ -139,7 +139,7 @@ def evaluate_embedding(
             or a pooling config that is not supported.
     """
     from ..data.sources import load_examples, normalize_split
-    from ..data.tasks import get_task
+    from ..data.tasks import get_task, is_corpus_task
     from ..defaults import EVAL_BATCH_SIZE, SUBSET_SEED
     from ..runs import RUN, open_path
     from .encoder import open_encoder
@@ -149,8 +149,9 @@ def evaluate_embedding(
         raise UserError(f"unknown embedding task {task!r}; valid: {', '.join(EMBEDDING_TASKS)}")
     spec = get_task(EMBEDDING_TASKS[name])
     target = open_path(path)
-    if target.kind == RUN and data is None:
-        data = target.run_info()["config"].get("data")
+    if target.kind == RUN and data is None:  # the run's data; an upstream run's STS-B data (its corpus is no STS-B)
+        info = target.run_info()
+        data = info["config"].get("eval_data" if is_corpus_task(info.get("task")) else "data")
     split = normalize_split(spec, split or spec.eval_splits[0])
     encoder = open_encoder(path, dtype=dtype)  # a model that cannot be pooled fails before the data is read
     examples = load_examples(spec, split, data, max_eval_samples, SUBSET_SEED)

@@ -10,6 +10,13 @@ The loss terms (each weighted by ``weights``):
 * ``attention``: MSE (or KL) between the attention probabilities of mapped layers, over the
   non-padding query positions. Needs the same number of heads.
 * ``embedding``: MSE between the embedding outputs (the encoder's input), projected if needed.
+* ``sentence``: the sentence embeddings: last-layer token states pooled as the model's
+  sentence-transformers config says (``state.extras["pooling"]``, a
+  :class:`~compactbert.nn.pooling.Pooling`; default mean over the attention mask, L2-normalised),
+  compared by ``1 - cosine`` (``sentence_loss: cosine``, the default) or MSE over the vector's
+  elements (``mse``, sentence-transformers' distillation loss). This is the objective of label-free
+  upstream compression (``compress --task corpus``), where the student and the teacher are bare
+  encoders: there the ``logits`` term does not exist (weight 0), and there is no task loss.
 
 The task loss and the distillation loss are mixed as ``alpha * task + (1 - alpha) * kd``: Prune Once
 for All uses ``alpha: 0.5, temperature: 2.0``; ``alpha: 0`` is pure distillation (XTC, TinyBERT).
@@ -53,6 +60,7 @@ class DistillWeights(BaseModel):
     hidden: float = Field(0.0, ge=0)
     attention: float = Field(0.0, ge=0)
     embedding: float = Field(0.0, ge=0)
+    sentence: float = Field(0.0, ge=0)
 
 
 def uniform_layer_map(n_student: int, n_teacher: int) -> list[int]:
@@ -88,6 +96,22 @@ def set_eager_attention(model: torch.nn.Module) -> None:
         model.config._attn_implementation = "eager"
 
 
+def _has_head(model: torch.nn.Module) -> bool:
+    """True for a model with a task head (``...ForSequenceClassification``), False for a bare encoder."""
+    return getattr(model, "base_model", model) is not model
+
+
+def _last_states(outputs: Any) -> torch.Tensor:
+    """(batch, seq, hidden) last-layer token states: a bare encoder's ``last_hidden_state``, else the
+    last of ``hidden_states``."""
+    states = getattr(outputs, "last_hidden_state", None)
+    if states is None and getattr(outputs, "hidden_states", None) is not None:
+        states = outputs.hidden_states[-1]
+    if states is None:
+        raise RuntimeError("distillation: no token states to pool; merge forward_kwargs() (output_hidden_states)")
+    return states
+
+
 def _masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean squared error over the positions where ``mask`` is 1. a, b: (batch, seq, d); mask (batch, seq)."""
     sq = (a - b).pow(2)
@@ -121,7 +145,11 @@ class Distillation(Method):
         temperature: softening temperature T of the logit KL (scaled back by T**2). Default 1.0.
         logit_loss: ``kl`` (default) or ``mse``; regression tasks always use MSE.
         attention_loss: ``mse`` (default) or ``kl`` on attention probabilities.
-        weights: per-term weights ``{logits: 1.0, hidden: 0.0, attention: 0.0, embedding: 0.0}``.
+        weights: per-term weights ``{logits: 1.0, hidden: 0.0, attention: 0.0, embedding: 0.0, sentence: 0.0}``.
+        sentence_loss: ``cosine`` (default: ``1 - cos``) or ``mse`` for the ``sentence`` term.
+        if_no_teacher: what ``compress`` does when it is given no ``--teacher`` (a transfer from an
+            upstream model with ``--model``): ``error`` (default) or ``skip`` (the stage trains
+            without this method, on the task loss alone; run.json records it).
         alpha: weight of the task loss: ``loss = alpha * task + (1 - alpha) * kd``. Default 0.5.
         layer_map: teacher layer (0-based) for each student layer. Default: the teacher layers a
             ``layer_reduction`` kept, else a uniform map (:func:`uniform_layer_map`).
@@ -136,6 +164,8 @@ class Distillation(Method):
     temperature: float = Field(1.0, gt=0)
     logit_loss: Literal["kl", "mse"] = "kl"
     attention_loss: Literal["mse", "kl"] = "mse"
+    sentence_loss: Literal["cosine", "mse"] = "cosine"
+    if_no_teacher: Literal["error", "skip"] = "error"
     weights: DistillWeights = Field(default_factory=DistillWeights)
     alpha: float = Field(0.5, ge=0, le=1)
     layer_map: list[int] | None = None
@@ -144,12 +174,13 @@ class Distillation(Method):
     _map: list[int] = PrivateAttr(default_factory=list)
     _teacher_keys: frozenset | None = PrivateAttr(default=None)
     _teacher_fp32: dict = PrivateAttr(default_factory=dict)  # Linear -> its own (weight, bias)
+    _states_for_sentence: bool = PrivateAttr(default=False)  # a model with a head: pool hidden_states[-1]
 
     @model_validator(mode="after")
     def _some_term(self) -> "Distillation":
         w = self.weights
-        if w.logits == w.hidden == w.attention == w.embedding == 0 and self.alpha < 1:
-            raise ValueError("all distillation weights are 0; set at least one of logits/hidden/attention/embedding")
+        if w.logits == w.hidden == w.attention == w.embedding == w.sentence == 0 and self.alpha < 1:
+            raise ValueError("all distillation weights are 0; set at least one of logits/hidden/attention/embedding/sentence")
         if self.layer_map is not None and (not self.layer_map or min(self.layer_map) < 0):
             raise ValueError(f"layer_map {self.layer_map} must list one 0-based teacher layer per student layer")
         return self
@@ -162,7 +193,7 @@ class Distillation(Method):
     # ------------------------------------------------------------------ hooks
     def forward_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {}
-        if self.weights.hidden > 0 or self.weights.embedding > 0:
+        if self.weights.hidden > 0 or self.weights.embedding > 0 or self._states_for_sentence:
             kw["output_hidden_states"] = True
         if self.weights.attention > 0:
             kw["output_attentions"] = True
@@ -195,6 +226,7 @@ class Distillation(Method):
             raise RuntimeError("distillation: the teacher must be a separate model from the student")
         teacher.eval()
         w = self.weights
+        self._check_heads(student, teacher)
         if w.hidden > 0 or w.attention > 0:
             self._make_layer_map(state)
         if w.attention > 0:
@@ -206,13 +238,12 @@ class Distillation(Method):
             set_eager_attention(student)
             set_eager_attention(teacher)
         d_s, d_t = _hidden_size(student), _hidden_size(teacher)
-        if d_s != d_t and (w.hidden > 0 or w.embedding > 0) and not hasattr(student, PROJ_NAME):
+        if d_s != d_t and (w.hidden > 0 or w.embedding > 0 or w.sentence > 0) and not hasattr(student, PROJ_NAME):
             p = next(student.parameters())
             proj = torch.nn.ModuleDict()
-            if w.hidden > 0:
-                proj["hidden"] = torch.nn.Linear(d_s, d_t)
-            if w.embedding > 0:
-                proj["embedding"] = torch.nn.Linear(d_s, d_t)
+            for term in ("hidden", "embedding", "sentence"):
+                if getattr(w, term) > 0:
+                    proj[term] = torch.nn.Linear(d_s, d_t)
             student.add_module(PROJ_NAME, proj.to(device=p.device, dtype=p.dtype))
         if self._teacher_autocast(state):
             self._teacher_linears_to_bf16(teacher)
@@ -223,6 +254,17 @@ class Distillation(Method):
             self._teacher_keys = frozenset(n for n, p in params.items() if p.kind in named)
         except (TypeError, ValueError):
             self._teacher_keys = None
+
+    def _check_heads(self, student: torch.nn.Module, teacher: torch.nn.Module) -> None:
+        """The logits term needs two classifiers; the sentence term pools hidden states of models with a head."""
+        headless = [name for name, net in (("student", student), ("teacher", teacher)) if not _has_head(net)]
+        if self.weights.logits > 0 and headless:
+            raise UserError(
+                f"distillation.weights.logits: the {' and the '.join(headless)} {'has' if len(headless) == 1 else 'have'} "
+                "no classification head (a bare encoder, as in upstream compression on a corpus), so there are no "
+                "logits to distil; set logits: 0 and use sentence / hidden / attention"
+            )
+        self._states_for_sentence = self.weights.sentence > 0 and (_has_head(student) or _has_head(teacher))
 
     def _teacher_autocast(self, state: TrainState) -> bool:
         """Whether the teacher runs under bf16 autocast in this run."""
@@ -293,6 +335,8 @@ class Distillation(Method):
                 lin = proj["embedding"] if proj is not None and "embedding" in proj else None
                 h = hs[0].float()
                 terms["embedding"] = _masked_mse(lin(h) if lin is not None else h, ht[0].float(), mask)
+        if w.sentence > 0:
+            terms["sentence"] = self._sentence_loss(state, so, to, mask)
         if w.attention > 0:
             at, ast = to.attentions, so.attentions  # layers x (batch, heads, q, k)
             if ast is None or any(a is None for a in ast):
@@ -311,6 +355,23 @@ class Distillation(Method):
         for k, v in terms.items():
             state.extras[f"distill/{k}"] = float(v.detach())
         return (1.0 - self.alpha) * kd
+
+    def _sentence_loss(self, state: TrainState, so: Any, to: Any, mask: torch.Tensor | None) -> torch.Tensor:
+        """1 - cosine (or MSE) between the pooled sentence embeddings of student and teacher."""
+        from ..nn.pooling import DEFAULT_POOLING, Pooling, pool, pooling_from_dict
+
+        pooling = state.extras.get("pooling") or DEFAULT_POOLING
+        if isinstance(pooling, dict):
+            pooling = pooling_from_dict(pooling, "distillation pooling")
+        assert isinstance(pooling, Pooling)
+        proj = getattr(state.model, PROJ_NAME, None)
+        lin = proj["sentence"] if proj is not None and "sentence" in proj else None
+        hs = _last_states(so).float()
+        s = pool(lin(hs) if lin is not None else hs, mask, pooling)  # (batch, dim), normalised if the model says so
+        t = pool(_last_states(to).float(), mask, pooling)
+        if self.sentence_loss == "mse":
+            return F.mse_loss(s, t)
+        return (1.0 - F.cosine_similarity(s, t, dim=-1)).mean()
 
     def _finalize(self, state: TrainState) -> None:
         self._restore_teacher()

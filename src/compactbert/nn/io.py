@@ -61,8 +61,20 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     raise UserError(f"{path}: no model.safetensors (or its index) found; weights are read from safetensors only")
 
 
-def _load_compressed(path: Path, **kwargs) -> torch.nn.Module:
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+def saved_headless(config) -> bool:
+    """True when a saved model's config names a bare encoder (``BertModel``: no task head), as
+    upstream compression on a corpus saves it."""
+    archs = (config.get("architectures") if isinstance(config, dict) else getattr(config, "architectures", None)) or []
+    return bool(archs) and not any("For" in a for a in archs)
+
+
+def _load_compressed(path: Path, headless: bool = False, **kwargs) -> torch.nn.Module:
+    """A compressed folder, rebuilt. The spec's module names are those of the model as saved: a
+    bare encoder's (``encoder.layer.0...``) or a classifier's (``bert.encoder.layer.0...``). Loaded
+    as a classifier (``headless=False``), a bare encoder gets a new head (``kwargs``: ``num_labels``,
+    ``problem_type``, ``id2label``, ``label2id``) around its compressed encoder; a classifier's head
+    of another size is replaced by a new one."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     from .surgery import apply_compression_spec
 
@@ -71,15 +83,46 @@ def _load_compressed(path: Path, **kwargs) -> torch.nn.Module:
         spec = json.loads(spec_file.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{spec_file}: cannot read the compression spec: {e}") from None
-    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
-    apply_compression_spec(model, spec, source=str(spec_file))
+    head_kwargs = {k: kwargs[k] for k in ("num_labels", "problem_type", "id2label", "label2id") if k in kwargs}
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False, **head_kwargs)
+    bare = saved_headless(config)
+    if headless and bare:
+        model = AutoModel.from_config(config, trust_remote_code=False)
+    else:
+        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
+    target = model.base_model if bare else model  # the module the saved names are relative to
+    apply_compression_spec(target, spec, source=str(spec_file))
+    _load_state(path, target, replaceable=() if bare else _head_names(model))
+    dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
+    if dtype is not None and dtype != "auto":
+        model.to(dtype)
+    model.eval()
+    return model.base_model if headless and not bare else model
+
+
+def _head_names(model: torch.nn.Module) -> tuple[str, ...]:
+    """Parameter names of a classifier's head (outside its base model): a saved head of another
+    size is left at its new initialisation."""
+    base = {id(p) for p in model.base_model.parameters()}
+    return tuple(n for n, p in model.named_parameters() if id(p) not in base)
+
+
+def _load_state(path: Path, model: torch.nn.Module, replaceable: tuple[str, ...] = ()) -> None:
+    """Load the folder's weights into ``model`` (built from its config and compression spec).
+
+    Raises:
+        UserError: a weight is missing or left over (the spec and the weights do not match).
+    """
     state = _read_state_dict(path)
+    own = model.state_dict()
+    for name in replaceable:  # a head sized for another task: keep the new one
+        if name in state and name in own and state[name].shape != own[name].shape:
+            del state[name]
     result = model.load_state_dict(state, strict=False)
     tied = set()
     for keys in (getattr(model, "_tied_weights_keys", None) or []):
         tied.update([keys] if isinstance(keys, str) else keys)
-    missing = [k for k in result.missing_keys if k not in tied]
+    missing = [k for k in result.missing_keys if k not in tied and k not in replaceable]
     if missing or result.unexpected_keys:
         raise UserError(
             f"{path}: the weights do not match the model rebuilt from config.json and {COMPRESSION_FILE} "
@@ -87,19 +130,16 @@ def _load_compressed(path: Path, **kwargs) -> torch.nn.Module:
         )
     if tied and hasattr(model, "tie_weights"):
         model.tie_weights()
-    dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
-    if dtype is not None and dtype != "auto":
-        model.to(dtype)
-    model.eval()
-    return model
 
 
-def load_model(path: str | Path, **kwargs):
+def load_model(path: str | Path, headless: bool = False, **kwargs):
     """Return ``(model, tokenizer)`` from a folder written by :func:`save_model` or any HF folder.
 
     The tokenizer is None when the folder has no tokenizer files. A path that is not a folder is
     passed to ``from_pretrained`` as a hub id. ``kwargs`` go to ``from_pretrained`` for plain
-    folders (only ``dtype`` is honoured for compressed ones).
+    folders (for compressed ones: ``dtype`` and the head's ``num_labels``, ``problem_type``,
+    ``id2label``, ``label2id``). ``headless``: the bare encoder (``AutoModel``; a classifier's
+    base model), else a sequence classifier (a bare encoder's folder gets a new head).
 
     Raises:
         UserError: the folder has no config.json, or its weights do not match compression.json.
@@ -116,7 +156,12 @@ def load_model(path: str | Path, **kwargs):
 
     check_weight_files(p)  # a truncated file: one clear error instead of the safetensors library's
     if (p / COMPRESSION_FILE).is_file():
-        model = _load_compressed(p, **kwargs)
+        model = _load_compressed(p, headless=headless, **kwargs)
+    elif headless:
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(str(p), use_safetensors=True, trust_remote_code=False, **kwargs)
+        model = model.base_model
     else:
         model = AutoModelForSequenceClassification.from_pretrained(str(p), use_safetensors=True, trust_remote_code=False, **kwargs)
     tokenizer = None

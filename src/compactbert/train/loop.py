@@ -316,11 +316,11 @@ class _Run:
     def start(
         cls, model: torch.nn.Module, tokenizer: Any, spec: TaskSpec, train_features: Sequence[dict],
         eval_features: Sequence[dict] | None, cfg: TrainConfig, run_dir: Path, methods: list[Method],
-        teacher: torch.nn.Module | None, resume: bool,
+        teacher: torch.nn.Module | None, resume: bool, evaluator: Any = None, extras: dict[str, Any] | None = None,
     ) -> "_Run":
         run = cls()
         run.cfg, run.spec, run.run_dir, run.methods = cfg, spec, run_dir, methods
-        run.keep = _keep_policy(cfg, bool(eval_features), bool(methods))
+        run.keep = _keep_policy(cfg, bool(eval_features) or evaluator is not None, bool(methods))
         if not train_features:
             raise UserError(f"no training examples for task {spec.name}")
         run.procs = procs = Processes(cfg, run_dir)  # seeds every RNG
@@ -331,7 +331,7 @@ class _Run:
         run.attn_before = _models_on_device(model, teacher, procs.device)
         run.state = state = TrainState(
             model=model, teacher=teacher, total_steps=plan.total_steps, epoch=0, steps_per_epoch=plan.steps_per_epoch,
-            task=spec, tokenizer=tokenizer, device=procs.device, extras={"bf16": cfg.bf16},
+            task=spec, tokenizer=tokenizer, device=procs.device, extras={**(extras or {}), "bf16": cfg.bf16},
             lr_schedule=LRSchedule(cfg.warmup_ratio, plan.total_steps),
         )
         for m in methods:
@@ -345,8 +345,8 @@ class _Run:
         run.log = RunLog(run_dir, procs.is_main, cfg.tensorboard, run.rs.step if ckpt else None)
         state.metrics = run.log.last_metrics
         run.heldout = state.heldout_batches = _heldout_batches(heldout_features, batcher, cfg, run.rs)
-        run.evaluate = None
-        if eval_features:
+        run.evaluate = evaluator
+        if eval_features and evaluator is None:
             pad_id = batcher.collate.pad_token_id
             run.evaluate = Evaluator(
                 spec, eval_features, cfg.eval_batch_size, cfg.bf16, pad_id, procs.rank, procs.world, procs.gather
@@ -436,6 +436,8 @@ def train(
     methods: Sequence[Method] = (),
     teacher: torch.nn.Module | None = None,
     resume: bool = False,
+    evaluator: Any = None,
+    extras: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_features`` and keep the best (or last) model in ``run_dir/model``.
 
@@ -451,6 +453,11 @@ def train(
         methods: compression methods, hooked in as described in the module docstring.
         teacher: a teacher model for distillation methods (frozen, eval mode, same device).
         resume: continue from ``run_dir/checkpoint`` if there is one.
+        evaluator: instead of scoring ``eval_features`` with the task's metrics, call
+            ``evaluator(model) -> {metric: value}`` (it must return the task's main metric and leave
+            the model's train/eval mode as it found it); a label-free task is scored this way.
+        extras: entries for ``state.extras`` that methods read (e.g. ``"pooling"``, a
+            :class:`compactbert.nn.pooling.Pooling` for the sentence-embedding distillation term).
 
     Returns:
         A :class:`TrainResult`.
@@ -459,7 +466,8 @@ def train(
 
     keep_freed_memory()  # fresh per-step tensors (quantized weights, activations) skip page faults
     spec = get_task(task)
-    run = _Run.start(model, tokenizer, spec, train_features, eval_features, cfg, Path(run_dir), list(methods), teacher, resume)
+    run = _Run.start(model, tokenizer, spec, train_features, eval_features, cfg, Path(run_dir), list(methods), teacher,
+                     resume, evaluator, extras)
     rs, state, total = run.rs, run.state, run.plan.total_steps
     bar = progress_bar(total, rs.step, run.procs.is_main and cfg.progress, spec.name)
     clock = _Clock(rs.elapsed)

@@ -103,9 +103,14 @@ class Stepper:
             # The task loss is a mean over this process's examples, like the methods' losses. Scaled by
             # this process's share of the global batch, DDP's gradient mean over processes becomes the
             # gradient of the mean over the global batch, also when the slices differ in size.
-            outputs.loss = task_loss_sum(outputs.logits, labels, self.spec) / len(feats)
+            if self.spec.label_free:  # upstream compression on a corpus: the methods' losses are all there is
+                outputs.loss = torch.zeros((), device=labels.device)
+            else:
+                outputs.loss = task_loss_sum(outputs.logits, labels, self.spec) / len(feats)
             state.outputs = outputs
             extra = [term for m in methods if (term := m.loss(state)) is not None]
+            if self.spec.label_free and not extra:
+                raise RuntimeError("a label-free task needs a method loss (distillation) at every step")
             loss = (outputs.loss + sum(extra)) * (weight * len(feats) * procs.world / len(global_batch))
         procs.accelerator.backward(loss)
         if self.cfg.max_grad_norm is not None:

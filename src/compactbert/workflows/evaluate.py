@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import defaults as D
+from ..data.tasks import is_corpus_task
 from ..embedding.evaluate import embedding_task, evaluate_embedding, is_embedding_task
 from ..errors import UserError
 from ..loading import has_classification_head, load_for_task, load_saved, read_model_config
@@ -91,8 +92,9 @@ def evaluate(
     run = target.run_info()
     cfg = run_settings(target)
     if target.kind == RUN:
-        task = task or run.get("task")
-        data = cfg.get("data") if data is None else data
+        upstream = is_corpus_task(run.get("task"))  # a label-free run: its model is scored as an embedding model
+        task = task or ("stsb-embed" if upstream else run.get("task"))
+        data = cfg.get("eval_data" if upstream else "data") if data is None else data
         target.model_dir()  # a run without a model fails here, before the data is read
     if task is None:
         raise UserError(f"no task given for {str(path)!r}; pass --task (e.g. sst2, mnli, rt)")

@@ -156,11 +156,14 @@ class MagnitudePruning(UnitPruning):
                 layer.weight_mask = layer.weight.detach() != 0
             zeros += int((~bool_mask(layer)).sum())
         # A recipe check (state.extras["dry_run"]) attaches later stages to an untrained copy whose
-        # masks the earlier stages have not filled yet: only a real run can find nothing to lock.
-        if zeros == 0 and not state.extras.get("dry_run"):
+        # masks the earlier stages have not filled yet: only a real run, or the dry run's first stage
+        # (the student itself, "dry_run_stage" 0), can find nothing to lock.
+        later = state.extras.get("dry_run") and state.extras.get("dry_run_stage", 1) > 0
+        if zeros == 0 and not later:
             raise UserError(
-                "magnitude_pruning.lock_mask: the targets have no pruning mask and no zero weights, so there is "
-                "nothing to lock; start from a pruned student, or give 'sparsity' instead of lock_mask"
+                "magnitude_pruning.lock_mask: the student has no pruning mask and no zero weights in the targets, "
+                "so there is nothing to lock (no sparsity pattern); start from a pruned model (--model RUN of an upstream "
+                "pruning run), or give 'sparsity' instead of lock_mask"
             )
         reapply_masks(self._layers.values())
         self._applied = None

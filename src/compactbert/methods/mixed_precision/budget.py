@@ -196,17 +196,22 @@ class GroupTable:
         """``budget`` in bytes for these matrices.
 
         Raises:
-            UserError: the budget is outside :meth:`reachable` (the message gives the range in the
-                budget's unit and in bytes).
+            UserError: the budget is outside :meth:`reachable` (the message gives the range in bytes
+                and in avg_bits, and in megabytes for a budget in megabytes).
         """
         target = budget.to_bytes(self.n_weights)
         lo, hi = self.reachable()
         if not lo <= target <= hi:
             side = "smaller than every group at its smallest" if target < lo else "larger than every group at its largest"
+            n = self.n_weights
+            also = "" if budget.unit in ("bytes", "avg_bits") else (
+                f" = {budget.from_bytes(lo, n):.4g} to {budget.from_bytes(hi, n):.4g} {budget.unit}")
+            given = {"bytes": f"{target * 8 / n:.4g} avg_bits", "avg_bits": f"{target:,.0f} bytes"}.get(
+                budget.unit, f"{target:,.0f} bytes = {target * 8 / n:.4g} avg_bits")
             raise UserError(
-                f"{where} {budget.describe()} ({target:,.0f} bytes) is {side} width; reachable with widths "
-                f"{list(self.widths)} over these {self.n_weights:,} weights: {budget.from_bytes(lo, self.n_weights):.4g} to "
-                f"{budget.from_bytes(hi, self.n_weights):.4g} {budget.unit} ({lo:,.0f} to {hi:,.0f} bytes)"
+                f"{where} {budget.describe()} (= {given}) is {side} width; "
+                f"reachable with widths {list(self.widths)} over these {n:,} weights: {lo:,.0f} to {hi:,.0f} bytes "
+                f"= {lo * 8 / n:.4g} to {hi * 8 / n:.4g} avg_bits{also}"
             )
         return target
 

@@ -478,14 +478,20 @@ def toy(tmp_path_factory):
     return data, model_dir
 
 
-@pytest.mark.parametrize("recipe,budget", [("aq-bert", 2.5), ("aq-bert-hessian", 2.5)])
-def test_search_then_finetune_through_compress(toy, tmp_path, recipe, budget):
+N_TOY = 2 * (4 * 32 * 32 + 2 * 64 * 32)  # targeted weights of the toy model below
+
+
+@pytest.mark.parametrize("recipe,budget,target", [
+    ("aq-bert", "{avg_bits: 2.5}", N_TOY * 2.5 / 8), ("aq-bert-hessian", "{avg_bits: 2.5}", N_TOY * 2.5 / 8),
+    ("aq-bert", "{bytes: 6000}", 6000.0),  # ~2.93 avg bits: a budget in bytes means bytes
+])
+def test_search_then_finetune_through_compress(toy, tmp_path, recipe, budget, target):
     from compactbert import api
 
     data, model_dir = toy
     out = tmp_path / recipe
     sets = [f"stages.{i}.{k}" for i in (0, 1) for k in ("epochs=", "steps=6", "batch_size=16")]
-    sets += ["bf16=false", f"stages.0.methods.0.budget={{avg_bits: {budget}}}", "stages.0.methods.0.row_group_size=8"]
+    sets += ["bf16=false", f"stages.0.methods.0.budget={budget}", "stages.0.methods.0.row_group_size=8"]
     if recipe == "aq-bert":
         sets += ["stages.0.methods.0.n0=0", "stages.0.methods.0.n1=0", "stages.0.methods.0.heldout=0.25"]
     api.compress(recipe, model_dir, "sst2", out, data=str(data), overrides=sets, progress=False)
@@ -494,7 +500,6 @@ def test_search_then_finetune_through_compress(toy, tmp_path, recipe, budget):
     assert set(b for bits in widths.values() for b in bits) <= {0, 2, 4}
     size = json.loads((out / "size.json").read_text())
     measured = sum(t["bytes"] for t in size["tensors"] if t["name"].removesuffix(".weight") in widths)
-    target = 2 * (4 * 32 * 32 + 2 * 64 * 32) * budget / 8
     assert abs(measured - target) <= 0.02 * target
     assert api.size(out)["compressed_bytes"] == size["compressed_bytes"]  # `compactbert size` agrees
     stage0 = widths_from_spec(out / "stages" / ("0-search" if recipe == "aq-bert" else "0-allocate-qat") / "model")

@@ -356,3 +356,68 @@ def test_recipe_and_argument_errors_of_upstream_runs(env, tmp_path, capsys):
     one_error_line(capsys, main(["finetune", "--model", str(env["model"]), "--task", "corpus", "--out", str(out)]),
                    "task 'corpus' has no labels")
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# export --format sentence-transformers
+
+
+def _ort_mean_pooled(onnx_path: Path, tok, sentences: list[str]) -> torch.Tensor:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    enc = tok(sentences, padding=True, return_tensors="np")
+    states = sess.run(["last_hidden_state"], {k: v.astype("int64") for k, v in enc.items() if k in names})[0]
+    m = torch.tensor(enc["attention_mask"], dtype=torch.float32).unsqueeze(-1)
+    return torch.nn.functional.normalize((torch.tensor(states) * m).sum(1) / m.sum(1), dim=-1)
+
+
+def test_sentence_transformers_export_of_an_upstream_run(env, capsys):
+    from transformers import AutoTokenizer
+
+    from compactbert.embedding.encoder import open_encoder
+
+    run, out = env["run"], env["root"] / "st"
+    assert main(["export", str(run), "--format", "sentence-transformers", "--out", str(out)]) == 0, capsys.readouterr().err
+    names = {p.name for p in out.iterdir()}
+    assert {"modules.json", "config_sentence_transformers.json", "sentence_bert_config.json", "1_Pooling", "2_Normalize",
+            "config.json", "model.safetensors", "onnx", "compactbert_export.json"} <= names
+    assert {"model.onnx", "model_fp16.onnx", "model_qint8_avx512_vnni.onnx"} <= {p.name for p in (out / "onnx").iterdir()}
+    modules = json.loads((out / "modules.json").read_text())
+    assert [m["type"] for m in modules] == ["sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
+                                            "sentence_transformers.models.Normalize"]
+    pool_cfg = json.loads((out / "1_Pooling" / "config.json").read_text())
+    assert pool_cfg["pooling_mode_mean_tokens"] is True and pool_cfg["word_embedding_dimension"] == 32
+    assert json.loads((out / "sentence_bert_config.json").read_text())["max_seq_length"] == 128
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertModel"]
+    weights = load_file(str(out / "model.safetensors"))
+    assert not any(k.endswith("weight_mask") for k in weights) and weights["encoder.layer.0.output.dense.weight"].dtype == torch.float32
+    assert (weights["encoder.layer.0.output.dense.weight"] == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
+
+    sentences = ["the movie was great .", "a dull plot and weak actors .", "fun"]
+    ref = open_encoder(run).encode(sentences)
+    ours = open_encoder(out)  # our own loader reads the folder back: a model folder with its pooling
+    assert ours.pooling.mode == "mean" and ours.pooling.normalize
+    assert torch.allclose(ours.encode(sentences), ref, atol=1e-5)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert torch.allclose(_ort_mean_pooled(out / "onnx" / "model.onnx", tok, sentences), ref, atol=1e-4)
+    assert (_ort_mean_pooled(out / "onnx" / "model_fp16.onnx", tok, sentences) * ref).sum(-1).min() > 0.999
+    assert (_ort_mean_pooled(out / "onnx" / "model_qint8_avx512_vnni.onnx", tok, sentences) * ref).sum(-1).min() > 0.9
+
+    import importlib.util
+
+    if importlib.util.find_spec("sentence_transformers") is not None:  # optional (a bench dependency): check it too
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(out), device="cpu")
+        assert torch.allclose(torch.tensor(st.encode(sentences)), ref, atol=1e-5)
+    # an earlier export is replaced without --overwrite; anything else is refused
+    assert main(["export", str(run), "--format", "sentence-transformers", "--out", str(out)]) == 0
+    other = env["root"] / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep")
+    capsys.readouterr()
+    code = main(["export", str(run), "--format", "sentence-transformers", "--out", str(other)])
+    one_error_line(capsys, code, "--overwrite")
+    assert (other / "mine.txt").read_text() == "keep"

@@ -240,7 +240,7 @@ def recipe_check(
 def export(
     path: Annotated[str, typer.Argument(help="A finetune/compress run directory or a model folder.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.", show_default=False)],
-    format: Annotated[str, typer.Option("--format", help="packed (bit-packed, pruned structure removed) or onnx (FP32 ONNX).")] = "packed",
+    format: Annotated[str, typer.Option("--format", help="packed (bit-packed, pruned structure removed), onnx (FP32 ONNX) or sentence-transformers (a folder SentenceTransformer(DIR) loads: dense FP32 safetensors, pooling config, FP32/FP16/int8 ONNX; not small).")] = "packed",
     prune_vocab: Annotated[bool, typer.Option("--prune-vocab", help="Keep only embedding rows of tokens in the task data (+ special tokens).")] = False,
     task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task for --prune-vocab (default: the run's).", show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Data for --prune-vocab (default: the run's).", show_default=False)] = None,

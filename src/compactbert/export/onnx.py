@@ -114,9 +114,10 @@ def _dummy_inputs(model, names: list[str], batch: int = 2, seq: int = 16):
 
 
 class _LogitsOnly:
-    """Wrap a HF model so that tracing sees positional tensors in and one tensor (logits) out."""
+    """Wrap a HF model so that tracing sees positional tensors in and one tensor (``output``: logits,
+    or a bare encoder's last_hidden_state) out."""
 
-    def __new__(cls, model, names: list[str]):
+    def __new__(cls, model, names: list[str], output: str = "logits"):
         import torch
 
         class Wrapper(torch.nn.Module):
@@ -126,27 +127,27 @@ class _LogitsOnly:
 
             def forward(self, *args):
                 kwargs = dict(zip(names, args))
-                return self.model(**kwargs, return_dict=True).logits  # (batch, num_labels)
+                return getattr(self.model(**kwargs, return_dict=True), output)  # (batch, num_labels) / (batch, seq, dim)
 
         return Wrapper().eval()
 
 
-def _export_torchscript(wrapper, args, names, path: Path, opset: int) -> None:
+def _export_torchscript(wrapper, args, names, path: Path, opset: int, output: str = "logits") -> None:
     import torch
 
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = {0: "batch"}
+    axes[output] = {0: "batch"} if output == "logits" else {0: "batch", 1: "sequence"}
     with warnings.catch_warnings():
         # The tracer warns about Python booleans computed from shapes inside transformers' mask
         # code; they are constant for every input shape (no padding beyond the mask's length).
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            wrapper, args, str(path), input_names=names, output_names=["logits"], dynamic_axes=axes,
+            wrapper, args, str(path), input_names=names, output_names=[output], dynamic_axes=axes,
             opset_version=opset, do_constant_folding=True, dynamo=False,
         )
 
 
-def _export_dynamo(wrapper, args, names, path: Path, opset: int) -> None:
+def _export_dynamo(wrapper, args, names, path: Path, opset: int, output: str = "logits") -> None:
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -155,7 +156,7 @@ def _export_dynamo(wrapper, args, names, path: Path, opset: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            wrapper, args, input_names=names, output_names=["logits"], dynamic_shapes=shapes,
+            wrapper, args, input_names=names, output_names=[output], dynamic_shapes=shapes,
             opset_version=opset, dynamo=True, external_data=False,
         )
         program.save(str(path))
@@ -167,7 +168,8 @@ def _check_opset(opset: Any) -> int:
     return opset
 
 
-def _run_exporters(order: list[str], wrapper, args, names: list[str], path: Path, opset: int) -> str:
+def _run_exporters(order: list[str], wrapper, args, names: list[str], path: Path, opset: int,
+                   output: str = "logits") -> str:
     """Export with the first exporter of ``order`` that works; its name.
 
     Raises:
@@ -179,7 +181,7 @@ def _run_exporters(order: list[str], wrapper, args, names: list[str], path: Path
     for kind in order:
         try:
             with torch.no_grad():
-                (_export_torchscript if kind == "torchscript" else _export_dynamo)(wrapper, args, names, path, opset)
+                (_export_torchscript if kind == "torchscript" else _export_dynamo)(wrapper, args, names, path, opset, output)
             return kind
         except Exception as e:  # noqa: BLE001 - any exporter failure: try the next one, report all
             errors.append(f"{kind}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
@@ -193,6 +195,7 @@ def export_onnx(
     opset: int = 17,
     exporter: str = "auto",
     check: bool = True,
+    output: str = "logits",
 ) -> Path:
     """Export a Hugging Face sequence-classification model to ``out_dir/model.onnx`` (FP32).
 
@@ -205,6 +208,8 @@ def export_onnx(
             ``"auto"``: TorchScript, then dynamo if that fails.
         check: run the exported graph once with ONNX Runtime on the tracing inputs and compare its
             logits with PyTorch's (max abs difference recorded in ``onnx_export.json``).
+        output: ``"logits"`` (a classifier), or ``"last_hidden_state"`` for a bare encoder: the
+            (batch, sequence, hidden) token states, as sentence-transformers' ONNX backend reads them.
 
     Returns:
         The path of ``model.onnx``. The folder also holds ``config.json``, the tokenizer files and
@@ -239,26 +244,26 @@ def export_onnx(
     names = onnx_input_names(net)
     inputs = _dummy_inputs(net, names)
     args = tuple(inputs[n] for n in names)
-    wrapper = _LogitsOnly(net, names)
+    wrapper = _LogitsOnly(net, names, output)
 
     try:
         used = _run_exporters(["torchscript", "dynamo"] if exporter == "auto" else [exporter], wrapper, args, names,
-                              path, opset)
+                              path, opset, output)
     finally:
         if attn_before not in (None, "eager"):
             net.set_attn_implementation(attn_before)
         model.train(was_training)
 
     info: dict[str, Any] = {
-        "file": ONNX_FILE, "inputs": names, "output": "logits", "opset": opset, "exporter": used,
+        "file": ONNX_FILE, "inputs": names, "output": output, "opset": opset, "exporter": used,
         "dtype": "float32", "torch": torch.__version__,
     }
     if check:
         import numpy as np
 
         with torch.no_grad():
-            ref = wrapper(*args).float().numpy()  # (batch, num_labels)
-        got = ort_session(path, threads=1).run(["logits"], {n: inputs[n].numpy() for n in names})[0]
+            ref = wrapper(*args).float().numpy()  # (batch, num_labels) or (batch, seq, dim)
+        got = ort_session(path, threads=1).run([output], {n: inputs[n].numpy() for n in names})[0]
         info["check_max_abs_diff"] = float(np.abs(got - ref).max())
 
     model.config.save_pretrained(out)

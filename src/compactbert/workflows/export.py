@@ -8,11 +8,11 @@ from pathlib import Path
 
 from ..embedding.encoder import embedding_model_pooling
 from ..errors import UserError
-from ..loading import load_saved
+from ..loading import load_saved, quiet_transformers
 from ..models import resolve_model
 from ..runs import NAME, Target, open_path
 
-FORMATS = ("packed", "onnx")
+FORMATS = ("packed", "onnx", "sentence-transformers")
 
 
 def export(
@@ -34,7 +34,10 @@ def export(
             be, hold or lie inside the model folder being exported. Written into a staging folder
             next to it, then renamed into place (:mod:`compactbert.outdir`).
         format: ``packed`` (bit-packed weights, pruned structure removed; load with
-            :func:`compactbert.load`) or ``onnx`` (FP32 ONNX for ONNX Runtime).
+            :func:`compactbert.load`), ``onnx`` (FP32 ONNX for ONNX Runtime) or
+            ``sentence-transformers`` (the encoder as a sentence-transformers folder: dense FP32
+            safetensors, pooling config, FP32 / FP16 / int8 ONNX; see
+            :mod:`compactbert.export.sentence_transformers`).
         prune_vocab: keep only the embedding rows of tokens that occur in the task's training and
             dev data (plus special tokens); the tokenizer is remapped.
         task, data: the task data for ``prune_vocab`` (default: the run's own).
@@ -54,10 +57,12 @@ def export(
         target = open_path(resolve_model(str(path)))
     if target.kind == NAME:
         raise UserError(f"{str(path)!r} does not exist; expected a run directory or a model folder")
-    if format == "onnx" and prune_vocab:
-        raise UserError("--prune-vocab applies to --format packed only")
-    check_output(out, own=is_onnx_output if format == "onnx" else is_packed_output, sources=[target.model_dir()],
-                 overwrite=overwrite, command=f"export --format {format}")
+    if format != "packed" and (prune_vocab or max_positions is not None):
+        raise UserError("--prune-vocab and --max-positions apply to --format packed only")
+    own = {"onnx": is_onnx_output, "packed": is_packed_output, "sentence-transformers": is_st_output}[format]
+    check_output(out, own=own, sources=[target.model_dir()], overwrite=overwrite, command=f"export --format {format}")
+    if format == "sentence-transformers":
+        return _export_st(target, out)
     if format == "onnx":
         from ..export.onnx import export_onnx_path
 
@@ -77,6 +82,29 @@ def export(
         export_packed(net, tokenizer, tmp, prune_vocab_texts=texts, max_positions=max_positions,
                       pooling=pooling.to_dict(source=False) if pooling is not None else None)
     return out
+
+
+def _export_st(target: Target, out: Path) -> Path:
+    """A sentence-transformers folder of the model's encoder, with the pooling it declares (its own
+    config, a run's source model's, else mean + normalisation)."""
+    from ..embedding.encoder import find_pooling
+    from ..export.sentence_transformers import export_sentence_transformers
+    from ..outdir import staged_output
+
+    pooling = find_pooling(target)
+    net, tokenizer = load_saved(target.model_dir(), "model", headless=True)
+    if tokenizer is None:
+        raise UserError(f"{target.given!r} has no tokenizer files; a sentence-transformers folder needs them")
+    with staged_output(out) as tmp, quiet_transformers():
+        export_sentence_transformers(net, tokenizer, pooling, tmp)
+    return out
+
+
+def is_st_output(folder: Path) -> bool:
+    """Whether ``folder`` holds an earlier sentence-transformers export (``export`` replaces it)."""
+    from ..export.sentence_transformers import is_sentence_transformers_export
+
+    return is_sentence_transformers_export(folder)
 
 
 def is_packed_output(folder: Path) -> bool:

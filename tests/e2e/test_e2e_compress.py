@@ -260,3 +260,37 @@ def test_eval_of_a_compress_run_reproduces_its_eval_json(teacher, tmp_path, monk
     assert main(["eval", str(out), "--out", str(tmp_path / "old.json")]) == 0
     assert seen[-1] == compress_call
     assert json.loads((tmp_path / "old.json").read_text()) == run_eval
+
+
+ALPHA_RECIPE = """seed: 3
+max_seq_length: 32
+bf16: false
+stages:
+  - name: kd
+    steps: 3
+    lr: 3.0e-3
+    batch_size: 8
+    methods:
+      - {{type: distillation, alpha: {alpha}, weights: {{logits: 1.0, hidden: 1.0}}}}
+"""
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_alpha_weights_the_task_loss_in_the_real_loop(teacher, tmp_path, alpha):
+    """alpha is the task loss's share: with alpha 0 the labels cannot change what is learned (the loop
+    once added the task loss at full weight whatever alpha said); with 0.5 they must."""
+    glue, run, _ = teacher
+    flipped = tmp_path / "glue-flipped"
+    shutil.copytree(glue, flipped)
+    train = flipped / "SST-2" / "train.tsv"
+    lines = train.read_text().splitlines()
+    head, rows = lines[0], [line.split("\t") for line in lines[1:]]
+    train.write_text("\n".join([head] + ["\t".join(r[:-1] + [str(1 - int(r[-1]))]) for r in rows]) + "\n")
+    recipe = tmp_path / "kd.yaml"
+    recipe.write_text(ALPHA_RECIPE.format(alpha=alpha))
+    assert _compress(glue, run, recipe, tmp_path / "a") == 0
+    assert _compress(flipped, run, recipe, tmp_path / "b") == 0
+    a = load_model(tmp_path / "a" / "model")[0].state_dict()
+    b = load_model(tmp_path / "b" / "model")[0].state_dict()
+    same = all(torch.equal(a[k], b[k]) for k in a)
+    assert same == (alpha == 0.0)

@@ -94,6 +94,12 @@ class Method(BaseModel):
         widths in one model, the narrowest (what the distillation advice is about)."""
         return None
 
+    @property
+    def task_loss_weight(self) -> float:
+        """Factor this method asks the loop to apply to the task loss (1.0: unchanged; distillation:
+        its ``alpha``). The loop multiplies the factors of all methods of the stage."""
+        return 1.0
+
     def heldout_fraction(self) -> float | None:
         """Share of the stage's training examples this method wants held out from weight training,
         in (0, 1), or None (the default). Asked before ``attach``; see the module docstring."""

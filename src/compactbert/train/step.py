@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,7 +113,8 @@ class Stepper:
             extra = [term for m in methods if (term := m.loss(state)) is not None]
             if self.spec.label_free and not extra:
                 raise RuntimeError("a label-free task needs a method loss (distillation) at every step")
-            loss = (outputs.loss + sum(extra)) * (weight * len(feats) * procs.world / len(global_batch))
+            task_w = math.prod(m.task_loss_weight for m in methods)  # distillation's alpha
+            loss = (task_w * outputs.loss + sum(extra)) * (weight * len(feats) * procs.world / len(global_batch))
         procs.accelerator.backward(loss)
         if self.cfg.max_grad_norm is not None:
             procs.accelerator.clip_grad_norm_(self.ddp_model.parameters(), self.cfg.max_grad_norm)

@@ -158,7 +158,7 @@ def build_engines(args, tmp: Path, calib: list[str]) -> dict[str, tuple]:
         m = compactbert.load(p, backend=args.backend, threads=args.threads)
         name = "compactbert dense (fp16)" if p == packed[0] else f"compactbert {p.parent.name if p.name == 'packed' else p.name}"
         engines[name] = (lambda s, bs, m=m: np.asarray(m.encode(s, batch_size=bs)), dir_bytes(p),
-                         getattr(m, "backend", None) or m.describe().splitlines()[0])
+                         m.describe())
     return engines
 
 

@@ -116,7 +116,8 @@ class PackedModel:
         parts = [f"compactbert runtime: {self.dtype} weights, {how}, SDPA flash attention, {last}"]
         n_int8 = sum(isinstance(m, Int8Linear) for m in self.encoder.modules())
         if n_int8:
-            parts.append(f"{n_int8} linears as oneDNN int8 qlinear (AMX/VNNI) with exact 8-bit activation "
+            parts.append(f"{n_int8} linears as oneDNN int8 qlinear (exact int32 sums: AMX/VNNI, or AVX2 for levels "
+                         "within +-64) with exact 8-bit activation "
                          "quantization, scales/bias/GELU/residual in a compiled epilogue")
         elif self.act_quant and self.config.get("act_quant"):
             parts.append("activation quantizers emulated")

@@ -174,3 +174,30 @@ def test_backend_errors_are_user_errors(tmp_path, monkeypatch):
     # auto without OpenVINO still works, among what is there
     pm = load(tmp_path, backend="auto", threads=1)
     assert "openvino" not in pm.selection
+
+
+def test_onnxruntime_runs_exact_int8_products_where_levels_allow(tmp_path):
+    """A8 models on ONNX Runtime: linears with integer levels within what this CPU's u8 x s8 product
+    sums exactly (every int8 level on VNNI/AMX, +-64 on AVX2) become MatMulInteger; the logits stay
+    those of the training-time model."""
+    from compactbert.runtime.engines import ort_int8_max_level
+
+    model = a8_model("bert", False)  # layer 0: int8 levels (+-127), layer 1: ternary; word embeddings int8
+    ids, mask, tt = batch("bert")
+    ref = hf_logits(model, "bert", ids, mask, tt)
+    export_packed(model, None, tmp_path, float_dtype="float32")
+    pm = load(tmp_path, backend="onnxruntime", threads=1)
+    limit = ort_int8_max_level()
+    assert limit in (0, 64, 127)
+    layer1 = {f"layer.1.{n}" for n in ("attn.q", "attn.k", "attn.v", "attn.o", "ffn.up", "ffn.down")}
+    layer0 = {n.replace("layer.1", "layer.0") for n in layer1}
+    got = set(pm.encoder.int8_linears)
+    expected = (layer0 | layer1) if limit == 127 else (layer1 if limit == 64 else set())
+    assert got == expected
+    assert ("exact int8 products" in pm.describe()) == bool(expected)
+    graph = pm.encoder.session("logits").graph.model
+    assert sum(n.op_type == "MatMulInteger" for n in graph.graph.node) == len(expected)
+    torch.testing.assert_close(run(pm, "bert", ids, mask, tt), ref, atol=2e-5, rtol=0)
+    ids, mask, tt = random_rows("bert")
+    ref = hf_logits(model, "bert", ids, mask, tt)
+    assert agreement(pm(ids, mask), ref) >= 0.995

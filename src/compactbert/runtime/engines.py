@@ -7,7 +7,12 @@ quantizers as float ops), which ONNX Runtime or OpenVINO compiles. The result is
 :class:`~compactbert.runtime.PackedModel` (``__call__``, ``predict``, ``encode``), with an
 :class:`EngineEncoder` in place of the lean encoder.
 
-Precision: FP32 (ONNX Runtime always; OpenVINO with its inference precision forced to f32 when the
+Integer products: on ONNX Runtime, a model trained with symmetric 8-bit activation quantizers runs
+each linear whose weight levels the CPU's u8 x s8 product sums exactly (:func:`ort_int8_max_level`:
+every int8 level on VNNI / AMX, levels within +-64 on AVX2, so binary and ternary weights always)
+as ``MatMulInteger`` on the trained codes: the same codes, exact int32 sums, then the scales.
+
+Precision of the rest: FP32 (ONNX Runtime always; OpenVINO with its inference precision forced to f32 when the
 model carries activation quantizers, so the codes are the trained ones; otherwise OpenVINO's
 default for this CPU, bf16 on AMX CPUs, f32 elsewhere; ``dtype`` forces one).
 
@@ -20,6 +25,7 @@ with each candidate's probe time and its largest logit difference from compactbe
 
 from __future__ import annotations
 
+import functools
 import statistics
 import tempfile
 import time
@@ -33,7 +39,7 @@ from torch import nn
 from ..errors import UserError
 
 __all__ = ["BACKENDS", "ENGINES", "EngineEncoder", "available_engines", "engine_model", "pick_fastest",
-           "probe_seconds", "check_backend"]
+           "probe_seconds", "check_backend", "ort_int8_max_level"]
 
 BACKENDS = ("compactbert", "onnxruntime", "openvino", "auto")
 ENGINES = ("onnxruntime", "openvino")  # the other engines, in the order auto tries them
@@ -111,6 +117,7 @@ class EngineEncoder(nn.Module):
         self.head_out = True if config.get("head") else None  # PackedModel checks for a head
         self.sessions: dict[str, _Session] = {}
         self.dropped: dict[str, list[str]] = {}
+        self.int8_linears: list[str] = []  # linears run as exact integer products (MatMulInteger)
         self.agreement: str | None = None  # what dropping unsupported quantizers did, when any were
         first = "logits" if self.head_out else "states"
         self.session(first)
@@ -124,6 +131,7 @@ class EngineEncoder(nn.Module):
         if output not in self.sessions:
             graph = self.make_graph(output)
             self.dropped = graph.dropped
+            self.int8_linears = list(graph.int8_linears)
             self.sessions[output] = _Session(self.engine, graph, self.threads, self.precision)
         return self.sessions[output]
 
@@ -153,9 +161,55 @@ class EngineEncoder(nn.Module):
                 line += f" ({self.agreement})"
         elif any(self.config.get("act_quant") or {}) and self.quantized:
             line += "; trained activation quantizers run as float ops (same codes)"
+        if self.int8_linears:
+            line += (f"; {len(self.int8_linears)} linears as exact int8 products (MatMulInteger, uint8 codes x int8 "
+                     "levels, int32 sums)")
         return line
 
     quantized = True  # set False by engine_model when act_quant="off" dropped them on purpose
+
+
+def _ort_product_exact(limit: int) -> bool:
+    """Whether ONNX Runtime's ``MatMulInteger`` (uint8 codes with zero point 128 x int8 levels) is
+    exact for full-range codes and levels within +-``limit``, the worst cases included."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(-127, 128, (8, 256)).astype(np.int16)
+    x[0], x[1] = 127, -127
+    w = rng.integers(-limit, limit + 1, (16, 256)).astype(np.int8)
+    w[0], w[1] = limit, -limit
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w", "zp"], ["y"])], "probe",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, ["m", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, ["m", 16])],
+        [onnx.numpy_helper.from_array(np.ascontiguousarray(w.T), "w"),
+         onnx.numpy_helper.from_array(np.array(128, dtype=np.uint8), "zp")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    try:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        y = sess.run(None, {"a": (x + 128).astype(np.uint8)})[0]
+    except Exception:  # noqa: BLE001 - an engine without the op is simply not used for it
+        return False
+    return bool(np.array_equal(y.astype(np.int64), x.astype(np.int64) @ w.astype(np.int64).T))
+
+
+@functools.lru_cache(maxsize=None)
+def ort_int8_max_level() -> int:
+    """The largest weight level ONNX Runtime's u8 x s8 integer product multiplies exactly here with
+    full-range activation codes: 127 (VNNI / AMX), 64 (AVX2: int16 pair sums, ``2 * 255 * 64 <=
+    32767``) or 0 (not used). Binary and ternary weights are within every limit."""
+    if "onnxruntime" not in available_engines():
+        return 0
+    for limit in (127, 64):
+        if _ort_product_exact(limit):
+            return limit
+    return 0
 
 
 def _precision(engine: str, dtype: str, has_aq: bool) -> str | None:
@@ -184,7 +238,11 @@ def engine_model(packed, tokenizer, engine: str, threads: int | None = None, act
     use_aq = act_quant != "off" and bool(packed.act_quant)
     aq = packed.act_quant if use_aq else None
     precision = _precision(engine, dtype, use_aq)
-    enc = EngineEncoder(engine, packed.config, lambda out: build_graph(packed.config, packed.tensors, aq, packed.vocab_map, out),
+    # ONNX Runtime runs the integer products where they are exact here; OpenVINO keeps float ops
+    limit = ort_int8_max_level() if (engine == "onnxruntime" and use_aq) else 0
+    codes = packed.row_codes if limit else None
+    enc = EngineEncoder(engine, packed.config,
+                        lambda out: build_graph(packed.config, packed.tensors, aq, packed.vocab_map, out, codes, limit),
                         threads, precision)
     enc.quantized = use_aq
     ran = next(iter(enc.sessions.values())).precision

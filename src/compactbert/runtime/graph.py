@@ -46,13 +46,18 @@ class Graph:
     inputs: list[str]
     output: str
     dropped: dict[str, list[str]] = field(default_factory=dict)
+    int8_linears: list[str] = field(default_factory=list)
 
 
 class _Builder:
     """Nodes and initializers of one graph; every helper returns the name of its output."""
 
-    def __init__(self, tensors: dict[str, Any], act_quant: dict[str, dict[str, Any]]):
+    def __init__(self, tensors: dict[str, Any], act_quant: dict[str, dict[str, Any]],
+                 int8_codes: dict[str, tuple[Any, Any]] | None = None, int8_limit: int = 0):
         self.tensors, self.aq = tensors, act_quant
+        self.codes, self.int8_limit = int8_codes or {}, int8_limit
+        self.int8_linears: list[str] = []
+        self.coded: dict[tuple, tuple[str, str]] = {}  # (input, quantizer key) -> (uint8 codes, scale)
         self.nodes: list = []
         self.inits: list = []
         self.n = 0
@@ -99,8 +104,44 @@ class _Builder:
             self.quantized[key] = emit(self, x, aq.quantizer)
         return self.quantized[key]
 
+    def int8_product(self, name: str, x: str) -> str | None:
+        """``x @ W^T`` of linear ``name`` as an integer product, or None where it would not be exact.
+
+        Exact: the weight has integer levels (``levels * row_scales``) within ``int8_limit`` (what
+        this CPU's u8 x s8 product sums without int16 saturation) and the input quantizer gives
+        symmetric int8 codes (``codes * scale``). The codes shifted by 128 are uint8 (zero point
+        128), ``MatMulInteger`` sums ``codes x levels`` exactly in int32, and ``acc * scale *
+        row_scales`` is the product of the dequantized operands, as the runtime's ``Int8Linear``.
+        """
+        code, spec = self.codes.get(f"{name}.weight"), self.aq.get(name)
+        if code is None or not spec or not self.int8_limit:
+            return None
+        levels, row_scales = code
+        if int(levels.abs().max()) > self.int8_limit:
+            return None
+        from .kernels import ActQuant
+
+        aq = ActQuant(spec["spec"], spec.get("params"))
+        emit = INT8_EMITTERS.get(aq.kind)
+        if emit is None or not aq.exact_int8:
+            return None
+        key = (x, aq.key())
+        if key not in self.coded:
+            codes, scale = emit(self, x, aq.quantizer)
+            u8 = self.op("Cast", [self.op("Add", [codes, self.const(np.float32(128.0))])], to=2)  # UINT8
+            self.coded[key] = (u8, scale)
+        u8, scale = self.coded[key]
+        w = self.const(levels.T.contiguous(), name.replace(".", "_") + "_levelsT", dtype=np.int8)
+        zp = self.const(np.uint8(128), "zp128", dtype=np.uint8)
+        acc = self.op("Cast", [self.op("MatMulInteger", [u8, w, zp])], to=1)  # FLOAT
+        self.int8_linears.append(name)
+        rs = self.const(row_scales.float(), name.replace(".", "_") + "_rs")
+        return self.op("Mul", [self.op("Mul", [acc, scale]), rs])
+
     def linear(self, name: str, x: str, activation: str | None = None, residual: str | None = None) -> str:
-        y = self.op("MatMul", [self.act_quant(name, x), self.weight(name)])
+        y = self.int8_product(name, x)
+        if y is None:
+            y = self.op("MatMul", [self.act_quant(name, x), self.weight(name)])
         bias = self.tensors.get(f"{name}.bias")
         if bias is not None:
             y = self.op("Add", [y, self.const(bias.float(), name.replace(".", "_") + "_b")])
@@ -152,6 +193,29 @@ def _dynamic_act(g: _Builder, x: str, q) -> str:
     amax = g.op("ReduceMax", [g.op("Abs", [x])], axes=[-1], keepdims=1)
     scale = g.op("Max", [g.op("Div", [amax, g.const(np.float32(q.qmax))]), g.const(np.float32(1e-30))])
     return g.op("Mul", [g.op("Round", [g.op("Div", [x, scale])]), scale], hint="aq")
+
+
+# kind -> fn(builder, x, quantizer) -> (float codes in [-127, 127], scale): the symmetric int8 form
+# of an activation quantizer, for integer products (the same codes as the float ops above).
+INT8_EMITTERS: dict[str, Callable[[_Builder, str, Any], tuple[str, str]]] = {}
+
+
+def _dynamic_codes(g: _Builder, x: str, q) -> tuple[str, str]:
+    amax = g.op("ReduceMax", [g.op("Abs", [x])], axes=[-1], keepdims=1)
+    scale = g.op("Max", [g.op("Div", [amax, g.const(np.float32(q.qmax))]), g.const(np.float32(1e-30))])
+    return g.op("Round", [g.op("Div", [x, scale])]), scale
+
+
+def _static_codes(g: _Builder, x: str, q) -> tuple[str, str]:
+    scale_v, zp_v = q.fixed
+    if zp_v is not None:
+        raise ValueError("asymmetric static activations have no int8 codes")
+    scale = g.const(np.float32(float(scale_v)))
+    v = g.op("Div", [x, scale])
+    return g.op("Round", [g.op("Clip", [v, g.const(np.float32(q.qmin)), g.const(np.float32(q.qmax))])]), scale
+
+
+INT8_EMITTERS.update({"dynamic_act": _dynamic_codes, "static_act": _static_codes})
 
 
 @register_act_emitter("static_act")
@@ -232,11 +296,15 @@ def _layer(g: _Builder, cfg: dict[str, Any], i: int, x: str, mask: str, cls_only
 
 
 def build_graph(config: dict[str, Any], tensors: dict[str, Any], act_quant: dict[str, dict[str, Any]] | None = None,
-                vocab_map=None, output: str = "logits") -> Graph:
+                vocab_map=None, output: str = "logits", int8_codes: dict[str, tuple[Any, Any]] | None = None,
+                int8_limit: int = 0) -> Graph:
     """The ONNX graph of a packed model (``PackedWeights.config``, ``.tensors``, ``.act_quant``,
     ``.vocab_map``): ``output="logits"`` (needs a head) or ``"states"`` (every token's last state).
 
-    ``act_quant`` None (or ``{}``) builds the graph without activation quantizers.
+    ``act_quant`` None (or ``{}``) builds the graph without activation quantizers. ``int8_codes``
+    (``PackedWeights.row_codes``) with ``int8_limit`` > 0 (:func:`ort_int8_max_level`) makes every
+    linear whose levels stay within the limit and whose input quantizer is symmetric int8 an integer
+    product (``MatMulInteger``; :meth:`_Builder.int8_product`); the others stay float.
     """
     from onnx import TensorProto, helper
 
@@ -244,7 +312,7 @@ def build_graph(config: dict[str, Any], tensors: dict[str, Any], act_quant: dict
         raise ValueError(f"output {output!r}; valid: logits, states")
     if output == "logits" and not config.get("head"):
         raise ValueError("the model has no classification head: build output='states'")
-    g = _Builder(tensors, act_quant or {})
+    g = _Builder(tensors, act_quant or {}, int8_codes, int8_limit)
     has_types = "emb.token_type.weight" in tensors
     x = _embeddings(g, config, vocab_map, has_types)
     keep = g.op("Cast", [g.op("Unsqueeze", ["attention_mask", g.const([1, 2], dtype=np.int64)])], to=1)  # (b,1,1,s)
@@ -269,4 +337,4 @@ def build_graph(config: dict[str, Any], tensors: dict[str, Any], act_quant: dict
     graph = helper.make_graph(g.nodes, f"compactbert-{output}", inputs, outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="compactbert")
     model.ir_version = 8
-    return Graph(model, names, output, g.dropped)
+    return Graph(model, names, output, g.dropped, g.int8_linears)

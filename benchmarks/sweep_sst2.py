@@ -53,7 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-eval-samples", type=int, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-bench", action="store_true")
-    p.add_argument("--baselines", default="torch-fp32,ort-int8",
+    p.add_argument("--rounds", type=int, default=3, help="interleaved benchmark rounds")
+    p.add_argument("--n-throughput", type=int, default=10, help="batch-32 calls timed per round and model")
+    p.add_argument("--n-latency", type=int, default=50, help="batch-1 calls timed per round and model")
+    p.add_argument("--baselines", default="torch-fp32,ort-int8-fused",
                    help="the teacher's variants in the benchmark (comma-separated; 'default' for bench's own list)")
     p.add_argument("--within", type=float, default=0.5, help="points below the teacher the per-method table allows")
     p.add_argument("--table-only", action="store_true", help="train nothing: the section from --out/sweep.json")
@@ -155,7 +158,8 @@ def section(result: dict, args: argparse.Namespace) -> str:
              f"**--max-train-samples {limit}** ({n_train:,} of {SST2_TRAIN:,} training sentences)")
     steps = sorted({p["steps"] for p in result["points"] if p.get("steps")})
     bench = "no benchmark (--no-bench)" if not result["config"].get("bench") else (
-        f"benchmarked together with the teacher's baselines ({args.baselines}), 2 threads")
+        f"benchmarked together with the teacher's baselines ({args.baselines}), 2 threads, {args.rounds} interleaved "
+        f"rounds ({args.n_throughput} batch-32 and {args.n_latency} batch-1 calls per model and round), medians")
     table, ours = method_table(result, args.within)
     out = [
         "## Combining Compressions on MiniLM-L6 / SST-2: the sweep (`benchmarks/sweep_sst2.py`)", "",
@@ -180,6 +184,7 @@ def main(argv=None) -> int:
         from compactbert import api
 
         options = {} if args.baselines == "default" else {"baselines": [b for b in args.baselines.split(",") if b]}
+        options.update(rounds=args.rounds, n_throughput=args.n_throughput, n_latency=args.n_latency)
         api.sweep(SWEEP, args.teacher, "sst2", out, data=args.data, resume=args.resume,
                   max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
                   bench=not args.no_bench, progress=False, bench_options=options)

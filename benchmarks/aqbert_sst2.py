@@ -71,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tag", default="", help="suffix of the run folders and table rows (an ablation)")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--table-only", action="store_true", help="run nothing; table the runs already in --out")
+    p.add_argument("--note", default="", help="a paragraph printed under the command (how the rows were run)")
+    p.add_argument("--widths", nargs="*", default=[], help="widths pictures (PNG, from `compactbert report`) to show")
     p.add_argument("--step-cost", action="store_true", help="only measure a search step against a QAT + KD step")
     p.add_argument("--timing-steps", type=int, default=12)
     return p.parse_args(argv)
@@ -293,6 +295,7 @@ def table(args, rows: list[dict], cost: dict[str, float] | None) -> str:
         f"{' '.join(f'{b:g}' for b in args.budgets)} --steps {args.steps} --seeds {' '.join(map(str, args.seeds))}`"
         + (f" (max {args.max_train_samples} training examples)" if args.max_train_samples else " (full training set)"),
         "",
+        *([args.note, ""] if args.note else []),
         f"Teacher (FP32): {t_acc * 100:.2f}%. Bytes: the encoder's Linear weights (codes + per-row fp16 "
         "scale and minimum), the budget's scope; `packed` adds embeddings, biases, LayerNorms and the head (fp16).",
         "",
@@ -314,6 +317,12 @@ def table(args, rows: list[dict], cost: dict[str, float] | None) -> str:
                   f"**{cost['ratio']:.2f}x** (limit 2x); {cost['ratio_eager']:.2f}x with the candidates quantized "
                   "eagerly (runs under 500 steps)."]
     lines += ["", "![accuracy vs bytes](aqbert_sst2.png)"]
+    for png in args.widths:  # where the bits went (compactbert report's widths pictures), copied beside RESULTS
+        import shutil
+
+        dest = Path(args.results).parent / f"aqbert_{Path(png).stem}.png"
+        shutil.copyfile(png, dest)
+        lines += ["", f"![chosen widths]({dest.name})"]
     plot(rows, t_acc, Path(args.results).parent / "aqbert_sst2.png")  # beside the results file
     return "\n".join(lines)
 

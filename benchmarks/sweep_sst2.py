@@ -58,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-latency", type=int, default=50, help="batch-1 calls timed per round and model")
     p.add_argument("--baselines", default="torch-fp32,ort-int8-fused",
                    help="the teacher's variants in the benchmark (comma-separated; 'default' for bench's own list)")
-    p.add_argument("--within", type=float, default=0.5, help="points below the teacher the per-method table allows")
+    p.add_argument("--within", type=float, nargs="+", default=[0.5, 2.0],
+                   help="points below the teacher each per-method table allows (one table per value)")
     p.add_argument("--table-only", action="store_true", help="train nothing: the section from --out/sweep.json")
     p.add_argument("--results", default=str(RESULTS))
     return p.parse_args(argv)
@@ -90,7 +91,8 @@ def points_table(result: dict) -> list[str]:
                  f"{'-' if tl is None else f'{tl:.2f}'} | 1.0x | {'-' if tt is None else f'{tt:.1f}'} | | |")
     for p in result["points"]:
         if p["status"] != "done":
-            lines.append(f"| {p['name']} | failed: {p['error']} | | | | | | | | |")
+            what = f"failed: {p.get('error')}" if p["status"] == "failed" else f"not run ({p['status']})"
+            lines.append(f"| {p['name']} | {what} | | | | | | | | |")
             continue
         ms = p.get("latency_ms_bs1_p50")
         fast = tl / ms if tl and ms else None
@@ -160,7 +162,11 @@ def section(result: dict, args: argparse.Namespace) -> str:
     bench = "no benchmark (--no-bench)" if not result["config"].get("bench") else (
         f"benchmarked together with the teacher's baselines ({args.baselines}), 2 threads, {args.rounds} interleaved "
         f"rounds ({args.n_throughput} batch-32 and {args.n_latency} batch-1 calls per model and round), medians")
-    table, ours = method_table(result, args.within)
+    per_method = []
+    for within in args.within:
+        table, ours = method_table(result, within)
+        per_method += [f"### Largest size reduction within {within:g} points of the teacher, per method", "",
+                       *table, "", *findings(ours, within), ""]
     out = [
         "## Combining Compressions on MiniLM-L6 / SST-2: the sweep (`benchmarks/sweep_sst2.py`)", "",
         f"{datetime.now():%Y-%m-%d}, {cpu_name()}. `compactbert sweep sweeps/combining-compressions.yaml` "
@@ -170,8 +176,7 @@ def section(result: dict, args: argparse.Namespace) -> str:
         f"({t['file_bytes']:,} bytes of safetensors), as in the paper (fp16 storage alone gives 2.0x).", "",
         f"Teacher: {100 * t['accuracy']:.2f}%.", "",
         *points_table(result), "",
-        f"### Largest size reduction within {args.within:g} points of the teacher, per method", "",
-        *table, "", *findings(ours, args.within), "",
+        *per_method,
         "### Pick this (from the sweep's own summary)", "", *[f"- {s}" for s in summary_lines(result)[1:]],
     ]
     return "\n".join(out) + "\n"

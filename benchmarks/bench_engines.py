@@ -23,6 +23,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from datetime import datetime
@@ -56,6 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-load", type=float, default=None,
                    help="refuse to start above this 1-minute load average (default: the number of CPUs - threads + 0.5)")
     p.add_argument("--force", action="store_true", help="publish even when other processes contended the timings")
+    p.add_argument("--from-json", default=None,
+                   help="measure nothing: publish an earlier run's bench.json (its command given by --command)")
+    p.add_argument("--command", default=None, help="with --from-json: the command that measured it")
+    p.add_argument("--note", default="", help="a paragraph under the table (what the models are)")
     return p.parse_args(argv)
 
 
@@ -90,7 +95,7 @@ def table(result: dict) -> str:
     return "\n".join(rows)
 
 
-def section(result: dict, command: str, section_name: str) -> str:
+def section(result: dict, command: str, section_name: str, note: str = "") -> str:
     m, load = result["machine"], result["load"]
     kernels = "\n".join(f"- `{r['name']}`: {r.get('skipped') or r.get('error') or r.get('kernels')}" for r in result["models"])
     avg = load.get("loadavg_start") or [None]
@@ -108,7 +113,7 @@ Load: 1-minute average {avg[0]} before, {end[0]} after; other processes used at 
 model was timed ({len(load.get('contended') or [])} contended timings).
 
 {table(result)}
-
+{(chr(10) + note + chr(10)) if note else ''}
 Kernels:
 {kernels}
 
@@ -123,6 +128,14 @@ def main(argv=None) -> int:
     from compactbert.api import bench  # (compactbert.bench is also the package of that name)
     from compactbert.bench.result import print_bench_table
 
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+        if result["load"].get("warning") and not args.force:
+            print(f"not published: {result['load']['warning']}", file=sys.stderr)
+            return 3
+        publish(section(result, args.command or "(not recorded)", "bench_engines", args.note), args.results or None,
+                "bench_engines")
+        return 0
     cpus = os.cpu_count() or 1
     limit = args.max_load if args.max_load is not None else max(cpus - args.threads, 0) + 0.5
     load1 = os.getloadavg()[0]
@@ -145,11 +158,12 @@ def main(argv=None) -> int:
         r["flops"] = config_flops(r["path"] if r.get("role") != "baseline" else args.teacher, args.seq_len, 32)
     result["roofline"] = roofline_lines(measure_peaks(args.threads), result["models"], args.seq_len)
     print("\n".join(result["roofline"]))
+    Path(args.out).write_text(json.dumps(result, indent=1))  # with the roofline, for --from-json
     command = "python benchmarks/bench_engines.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if result["load"].get("warning") and not args.force:
         print(f"not published: {result['load']['warning']}", file=sys.stderr)
         return 3
-    publish(section(result, command.strip(), "bench_engines"), args.results or None, "bench_engines")
+    publish(section(result, command.strip(), "bench_engines", args.note), args.results or None, "bench_engines")
     return 0
 
 

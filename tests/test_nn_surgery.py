@@ -227,3 +227,17 @@ def test_bake_replaces_with_plain_layers_same_logits():
     assert all(type(m) is nn.Linear for m in baked.values())
     assert torch.allclose(logits(model), expected, atol=1e-6, rtol=0)
     assert not isinstance(model.bert.encoder.layer[0].output.dense, CompressedLinear)
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "missing.safetensors", None])
+def test_a_sharded_index_cannot_point_outside_the_model_folder(tmp_path, shard):
+    model = tiny("bert")
+    _compress_everything(model)
+    save_model(model, None, tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.rename(tmp_path / "outside.safetensors")  # a real safetensors file, outside the folder
+    index = tmp_path / "m" / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"x": shard}} if shard else {"weights": []}))
+    with pytest.raises(UserError, match="index") as e:
+        load_model(tmp_path / "m")
+    assert "\n" not in str(e.value)

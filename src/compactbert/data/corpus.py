@@ -74,6 +74,7 @@ CORPUS_FILE = "general-en-v1.txt"
 LICENSE_FILE = "general-en-v1.LICENSE.txt"
 CORPUS_SPLITS = ("train", "dev")
 MIN_WORDS, MAX_WORDS, MAX_CHARS = 3, 64, 512
+MAX_CORPUS_BYTES = 2 << 30  # a user's corpus is read whole: 2 GiB at most
 DEV_BUCKETS = 10  # of 1000: ~1% of the sentences go to dev
 TEXT_EXTS = (".txt", ".text")
 JSON_EXTS = (".jsonl", ".json")
@@ -321,6 +322,8 @@ def ensure_corpus() -> Path:
 
 def _read_user_text(path: Path) -> str:
     try:
+        if path.stat().st_size > MAX_CORPUS_BYTES:
+            raise UserError(f"corpus file {str(path)!r} is larger than {MAX_CORPUS_BYTES >> 30} GiB; split it")
         raw = path.read_bytes()
     except IsADirectoryError:
         raise UserError(f"corpus file {str(path)!r} is a directory, expected a .txt or .jsonl file") from None

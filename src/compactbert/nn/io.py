@@ -53,7 +53,14 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(single))
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{index}: not a valid safetensors index ({type(e).__name__})") from None
+        bad = [s for s in shards if not isinstance(s, str) or Path(s).name != s or not (path / s).is_file()]
+        if bad:  # a shard outside the folder (or missing) is not read
+            raise UserError(f"{index}: shard {str(bad[0])!r} is not a file in {str(path)!r}")
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
             state.update(load_file(str(path / shard)))

@@ -23,8 +23,10 @@ path: faster, but such a model then sees full-precision activations.
 Other engines: ``load(DIR, backend="onnxruntime" | "openvino")`` runs the same packed directory on
 ONNX Runtime or OpenVINO (an ONNX graph built at load from the decoded weights, the trained
 activation quantizers as float ops: it predicts what the training-time model predicts), and
-``backend="auto"`` keeps whichever of the available ones a short probe measures fastest
-(``describe()`` says which and what was measured); see :mod:`compactbert.runtime.engines`.
+``backend="auto"`` keeps whichever of the available ones a short probe measures fastest, per batch
+size (the batch-1 winner for single sentences, the batch-8 winner for batches; ``describe()`` says
+which and what was measured); see :mod:`compactbert.runtime.engines`. This low-level ``load``
+defaults to ``backend="compactbert"``; :func:`compactbert.load` defaults to ``"auto"``.
 
 A sentence-embedding model (packed from a bare encoder, no classification head) is used through
 :meth:`PackedModel.encode`, which runs the last layer on every token and pools as the model's
@@ -46,7 +48,7 @@ from ..nn.pooling import DEFAULT_POOLING, Pooling, pool, pooling_from_dict
 from .. import defaults as D
 from ..errors import UserError
 from .encoder import LeanEncoder
-from .engines import ENGINES, check_backend, engine_model, pick_fastest
+from .engines import ENGINES, RoutedEncoder, check_backend, engine_model, pick_fastest
 from .kernels import Int8Linear, cpu_has_native_bf16, mkldnn_available, onednn_int8_max_level
 
 __all__ = ["load", "PackedModel", "LeanEncoder", "default_dtype"]
@@ -101,6 +103,8 @@ class PackedModel:
         ``backend="auto"``, which backend the probe chose and why)."""
         c = self.config
         selection = self.selection
+        if isinstance(self.encoder, RoutedEncoder):  # backend="auto" kept two, by batch size
+            return self.encoder.describe() + (f"; {selection}" if selection else "")
         if hasattr(self.encoder, "describe"):  # another engine (compactbert.runtime.engines)
             heads, ffn = c["heads_per_layer"], c["ffn_per_layer"]
             show = (lambda v: str(v[0]) if v and len(set(v)) == 1 else str(list(v)))
@@ -285,7 +289,8 @@ def load(path: str | os.PathLike, dtype: str = "auto", threads: int | None = Non
         backend: What computes it: ``"compactbert"`` (this runtime), ``"onnxruntime"`` or
             ``"openvino"`` (an ONNX graph built at load from the decoded packed weights, activation
             quantizers as trained; :mod:`compactbert.runtime.engines`), or ``"auto"``: the fastest
-            of those available by a short measured probe (``describe()`` says which, and why).
+            of those available by a short measured probe, at batch 1 and per row at batch 8, each
+            kept for the batch sizes it won (``describe()`` says which, and why).
         dtype: ``"auto"`` (bf16 where the CPU has native bf16, else fp32), ``"bf16"`` or ``"fp32"``.
         threads: If given, ``torch.set_num_threads(threads)`` (process-wide).
         act_quant: Run the model's activation quantizers: ``"auto"`` (default: a model trained with

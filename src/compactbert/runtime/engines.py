@@ -17,10 +17,13 @@ model carries activation quantizers, so the codes are the trained ones; otherwis
 default for this CPU, bf16 on AMX CPUs, f32 elsewhere; ``dtype`` forces one).
 
 ``backend="auto"`` builds every available candidate (compactbert's runtime, ONNX Runtime, OpenVINO
-when installed), times each on a short probe (:func:`probe_seconds`: batch 1 and batch 8 of
-``min(128, positions)`` random tokens, 3 repetitions, the median of ``t(bs1) + t(bs8) / 8``: latency
-and per-row throughput weigh the same), keeps the fastest and says so in ``describe()`` together
-with each candidate's probe time and its largest logit difference from compactbert's runtime.
+when installed), times each on a short probe (:func:`probe_times`: batch 1 and batch 8 of
+``min(128, positions)`` random tokens, 3 interleaved rounds, medians), and keeps the fastest at
+batch 1 for batches of up to :data:`ROUTE_MAX_ROWS` rows and the fastest per row at batch 8 for
+larger ones (one model when they are the same; a :class:`RoutedEncoder` when not: on AVX2 CPUs ONNX
+Runtime wins single sentences and compactbert's runtime wins batches for some models). ``describe()``
+says what was chosen, each candidate's probe times and its largest logit difference from
+compactbert's runtime.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ from torch import nn
 
 from ..errors import UserError
 
-__all__ = ["BACKENDS", "ENGINES", "EngineEncoder", "available_engines", "engine_model", "pick_fastest",
-           "probe_seconds", "check_backend", "ort_int8_max_level"]
+__all__ = ["BACKENDS", "ENGINES", "EngineEncoder", "RoutedEncoder", "available_engines", "engine_model",
+           "pick_fastest", "probe_seconds", "probe_times", "check_backend", "ort_int8_max_level"]
 
 BACKENDS = ("compactbert", "onnxruntime", "openvino", "auto")
 ENGINES = ("onnxruntime", "openvino")  # the other engines, in the order auto tries them
@@ -278,48 +281,111 @@ def _dropped_agreement(model, packed) -> str:
             f"largest logit difference {float((ref - got).abs().max()):.3g}")
 
 
-def probe_seconds(model, reps: int = 3) -> float:
-    """Median over ``reps`` of ``t(batch 1) + t(batch 8) / 8`` (seconds) on ``min(128, positions)``
-    random tokens, after one untimed call of each."""
+ROUTE_MAX_ROWS = 2  # with backend="auto", batches of at most this many rows go to the batch-1 winner
+
+
+def _probe_batches(model) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     seq = min(128, model.encoder.max_positions)
-    batches = [_random_rows(model, n, seq, seed=n) for n in (1, 8)]
+    return [_random_rows(model, n, seq, seed=n) for n in (1, 8)]
+
+
+def _probe_call(model, b) -> float:
     run = model.encoder if model.encoder.head_out is not None else model.encoder.token_states
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        run(b[0], None, b[2])  # nothing padded
+    return time.perf_counter() - t0
 
-    def call(b):
-        with torch.inference_mode():
-            return run(b[0], None, b[2])  # nothing padded
 
-    for b in batches:
-        call(b)
-    times = []
+def probe_times(models: dict[str, Any], reps: int = 3) -> dict[str, tuple[float, float]]:
+    """``{name: (t(batch 1), t(batch 8) / 8)}`` in seconds, each the median of ``reps`` rounds on
+    ``min(128, positions)`` random tokens. Rounds are interleaved (every model once per round, A B
+    C A B C ...) so that a burst of load elsewhere hits all candidates alike; one untimed call of
+    each batch first."""
+    batches = {name: _probe_batches(m) for name, m in models.items()}
+    for name, m in models.items():
+        for b in batches[name]:
+            _probe_call(m, b)
+    t1: dict[str, list[float]] = {n: [] for n in models}
+    t8: dict[str, list[float]] = {n: [] for n in models}
     for _ in range(reps):
-        t = []
-        for b in batches:
-            t0 = time.perf_counter()
-            call(b)
-            t.append(time.perf_counter() - t0)
-        times.append(t[0] + t[1] / 8)
-    return float(statistics.median(times))
+        for name, m in models.items():
+            one, eight = batches[name]
+            t1[name].append(_probe_call(m, one))
+            t8[name].append(_probe_call(m, eight) / 8)
+    return {n: (float(statistics.median(t1[n])), float(statistics.median(t8[n]))) for n in models}
+
+
+def probe_seconds(model, reps: int = 3) -> float:
+    """``t(batch 1) + t(batch 8) / 8`` (seconds) of one model, as :func:`probe_times` measures them."""
+    one, per_row = probe_times({"model": model}, reps)["model"]
+    return one + per_row
+
+
+class RoutedEncoder(nn.Module):
+    """Two loaded models of one packed directory, each kept for the batch sizes where the probe
+    measured it fastest: batches of at most ``max_rows`` rows run on ``small``, larger ones on
+    ``large``. Both compute the same function (the trained arithmetic); only the engine differs."""
+
+    def __init__(self, small, large, names: tuple[str, str], max_rows: int = ROUTE_MAX_ROWS):
+        super().__init__()
+        self.small, self.large = small.encoder, large.encoder
+        self.models, self.names, self.max_rows = (small, large), names, int(max_rows)
+        self.hidden = large.encoder.hidden
+        self.head_out = large.encoder.head_out
+
+    @property
+    def max_positions(self) -> int:
+        return min(self.small.max_positions, self.large.max_positions)
+
+    def route(self, rows: int) -> nn.Module:
+        return self.small if rows <= self.max_rows else self.large
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        return self.route(input_ids.shape[0])(input_ids, attention_mask, token_type_ids)
+
+    def token_states(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        return self.route(input_ids.shape[0]).token_states(input_ids, attention_mask, token_type_ids)
+
+    def describe(self) -> str:
+        small, large = self.models
+        return (f"batches of 1-{self.max_rows} rows on {self.names[0]} [{small.describe()}]; "
+                f"larger batches on {self.names[1]} [{large.describe()}]")
 
 
 def pick_fastest(own, packed, tokenizer, threads: int | None = None, act_quant: str = "auto", dtype: str = "auto"):
-    """``backend="auto"``: the fastest of compactbert's runtime (``own``, already built) and every
-    available engine by :func:`probe_seconds`; the winner's ``selection`` says what was measured."""
+    """``backend="auto"``: compactbert's runtime (``own``, already built) and every available engine,
+    timed by :func:`probe_times`. The fastest at batch 1 and the fastest per row at batch 8 are kept:
+    when they are the same, that model; otherwise a model whose :class:`RoutedEncoder` sends batches
+    of up to :data:`ROUTE_MAX_ROWS` rows to the first and larger ones to the second. Its
+    ``selection`` says what was measured and chosen."""
+    from . import PackedModel
+
     candidates = {"compactbert": own}
     for engine in available_engines():
         try:
             candidates[engine] = engine_model(packed, tokenizer, engine, threads, act_quant, dtype)
         except UserError:
             continue  # an option this engine cannot honour (dtype='bf16' on ONNX Runtime): not a candidate
-    seconds = {name: probe_seconds(m) for name, m in candidates.items()}
+    times = probe_times(candidates)
     ref = _probe_outputs(own)
     diffs = {name: float((_probe_outputs(m) - ref).abs().max()) for name, m in candidates.items()}
-    best = min(seconds, key=seconds.get)
-    chosen = candidates[best]
-    parts = [f"{n} {1e3 * seconds[n]:.2f} ms" + (f" (max |dlogit| {diffs[n]:.2g})" if n != "compactbert" else "")
-             for n in sorted(seconds, key=seconds.get)]
-    chosen.selection = (f"backend auto chose {best}: probe t(bs1) + t(bs8)/8 at {min(128, own.encoder.max_positions)} "
-                        f"tokens: " + ", ".join(parts))
+    best1 = min(times, key=lambda n: times[n][0])
+    best8 = min(times, key=lambda n: times[n][1])
+    parts = [f"{n} {1e3 * times[n][0]:.2f} / {1e3 * times[n][1]:.2f} ms"
+             + (f" (max |dlogit| {diffs[n]:.2g})" if n != "compactbert" else "")
+             for n in sorted(times, key=lambda n: sum(times[n]))]
+    probe = (f"probe t(bs1) / t(bs8)/8 at {min(128, own.encoder.max_positions)} tokens, median of 3 interleaved "
+             "rounds: " + ", ".join(parts))
+    if best1 == best8:
+        chosen = candidates[best1]
+        chosen.selection = f"backend auto chose {best1}: {probe}"
+        return chosen
+    small, large = candidates[best1], candidates[best8]
+    chosen = PackedModel(RoutedEncoder(small, large, (best1, best8)), tokenizer, packed.config, packed.manifest,
+                         packed.path, large.dtype, f"{small.backend}|{large.backend}", large.act_quant)
+    chosen.selection = (f"backend auto chose {best1} for batches of 1-{ROUTE_MAX_ROWS} rows and {best8} for larger "
+                        f"ones: {probe}")
     return chosen
 
 

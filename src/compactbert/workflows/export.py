@@ -143,8 +143,15 @@ def vocab_texts(target: Target, task: str | None, data) -> list:
     return texts
 
 
-def load(path: str | os.PathLike, **kwargs):
-    """Load a packed directory into the fast CPU runtime (see :func:`compactbert.runtime.load`)."""
+def load(path: str | os.PathLike, backend: str = "auto", **kwargs):
+    """Load a packed directory for fast CPU inference on the fastest backend here.
+
+    ``backend="auto"`` (the default) builds compactbert's runtime and every installed engine (ONNX
+    Runtime, OpenVINO), times each on a short probe, and keeps the fastest at batch 1 for single
+    sentences and the fastest per row for batches; ``model.describe()`` says which. Pass
+    ``backend="compactbert" | "onnxruntime" | "openvino"`` to force one. Other options: see
+    :func:`compactbert.runtime.load`.
+    """
     from ..runtime import load as load_runtime
 
-    return load_runtime(path, **kwargs)
+    return load_runtime(path, backend=backend, **kwargs)

@@ -342,3 +342,20 @@ def test_bench_verb_writes_bench_json_beside_the_first_model_and_prints_the_tabl
     assert [m["name"] for m in result["models"]] == ["student", "teacher-fp32"]
     out = capsys.readouterr().out
     assert "teacher-fp32" in out and f"wrote {student / 'bench.json'}" in out
+
+
+def test_packed_folders_named_packed_are_rows_named_after_their_run(tiny, tmp_path):
+    """compress writes RUN/packed: three such folders benchmarked together are named after their runs,
+    not packed, packed-2, packed-3; every one keeps kind 'packed'."""
+    from compactbert.bench.plan import spec_for_compressed, unique_names
+    from compactbert.export.pack import export_packed
+
+    specs = []
+    for run in ("xtc-binary", "xtc-ternary"):
+        export_packed(tiny["student"], tiny["tok"], tmp_path / run / "packed")
+        specs.append(spec_for_compressed(tmp_path / run / "packed"))
+    export_packed(tiny["student"], tiny["tok"], tmp_path / "mine")
+    specs += [spec_for_compressed(tmp_path / "mine"), spec_for_compressed(tmp_path / "mine")]
+    unique_names(specs)
+    assert [s.name for s in specs] == ["xtc-binary", "xtc-ternary", "mine", "mine-2"]
+    assert {s.kind for s in specs} == {"packed"}

@@ -232,11 +232,18 @@ def output_path(out: str | os.PathLike | None) -> Path | None:
     return out_path
 
 
+# Folder / file names that say nothing about the model (what compress and export write inside a
+# run); a row is named after the folder above them instead.
+GENERIC_NAMES = frozenset({"packed", "model", "onnx", "export"})
+
+
 def spec_for_compressed(path: str | os.PathLike) -> ModelSpec:
     """The :class:`ModelSpec` of a model to benchmark: a packed folder, an ONNX file/folder, a run or a
     model folder."""
     t = open_path(path)
     name = t.path.stem if t.path.is_file() else t.path.name
+    if name in GENERIC_NAMES and t.path.resolve().parent.name:  # runs/xtc-binary/packed -> "xtc-binary"
+        name = t.path.resolve().parent.name
     if t.kind == NAME:
         raise UserError(
             f"model to benchmark {t.given!r} does not exist; expected a packed directory "

@@ -22,3 +22,22 @@ def lazy_exports(package: str, modules: Mapping[str, tuple[str, ...]]) -> tuple[
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__, list(where)
+
+
+def callable_verb(module_name: str, verb: str) -> None:
+    """Make the module ``module_name`` callable as the verb ``compactbert.<verb>``.
+
+    ``compactbert.bench`` is both a verb (:func:`compactbert.api.bench`) and a subpackage; once the
+    subpackage is imported, Python puts the module where the verb was. Calling the module runs the
+    verb, so ``compactbert.bench(...)`` works whatever was imported before.
+    """
+    import sys
+    import types
+
+    class VerbModule(types.ModuleType):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            from . import api
+
+            return getattr(api, verb)(*args, **kwargs)
+
+    sys.modules[module_name].__class__ = VerbModule

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from .export.format.encode import ceil8, float_spec, plan_storage, quantizer_spec
+from .lazy import callable_verb
 from .nn.compressed import CompressedLinear, is_compressed
 from .nn.quant import Quantizer
 
@@ -177,3 +178,6 @@ def format_size_table(report: dict[str, Any], only_compressed: bool = False) -> 
         lines.append(f"+ tokenizer (xz): {report['tokenizer_bytes']:,} bytes -> packed directory ~"
                      f"{report['predicted_files_bytes']:,} bytes")
     return "\n".join(lines)
+
+
+callable_verb(__name__, "size")  # compactbert.size(...) is the verb even after this is imported

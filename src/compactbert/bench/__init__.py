@@ -4,6 +4,7 @@ FP32 teacher and the teacher's ONNX Runtime int8 version (see :mod:`compactbert.
 The verb ``compactbert bench`` (defaults, the table on screen) is :func:`compactbert.workflows.bench.bench`.
 """
 
+from ..lazy import callable_verb
 from .core import (
     BASELINE_KINDS,
     BENCH_FILE,
@@ -23,3 +24,6 @@ __all__ = [
     "print_bench_table",
     "run_bench",
 ]
+
+
+callable_verb(__name__, "bench")  # compactbert.bench(...) is the verb even after this is imported

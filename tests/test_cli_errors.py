@@ -165,6 +165,10 @@ def test_eval_errors(env, capsys, tmp_path):
     assert_user_error(code, err, "'tst'", "dev")
     code, _, err = run_cli(capsys, ["eval", str(model), "--task", "stsb", "--data", str(glue)])
     assert_user_error(code, err, str(model), "2 outputs", "stsb")
+    for option, name in (("--batch-size", "batch_size"), ("--max-seq-length", "max_seq_length")):
+        for value in ("0", "-3"):  # not silently the default
+            code, _, err = run_cli(capsys, ["eval", str(model), "--task", "sst2", "--data", str(glue), option, value])
+            assert_user_error(code, err, f"{name}={value} is not valid", "positive integer")
 
 
 def test_error_through_a_real_process_has_no_traceback(tmp_path):

@@ -109,10 +109,11 @@ def eval_(
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="Write the result to this JSON file (default: PATH/eval.json for a run).", show_default=False)
     ] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Evaluation batch size.", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Evaluation batch size (default: the run's, else 64).", show_default=False)] = None,
     bf16: Annotated[
         Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 autocast (default: the run's setting).", show_default=False)
     ] = None,
+    max_seq_length: Annotated[Optional[int], typer.Option(help="Tokenizer truncation (default: the run's, else 128).", show_default=False)] = None,
 ) -> None:
     """Evaluate a run or a model on a task; prints a table and writes eval.json.
 
@@ -123,7 +124,7 @@ def eval_(
 
     result = api.evaluate(
         path, task=task, data=data, split=split, max_eval_samples=max_eval_samples, out=out,
-        batch_size=batch_size, bf16=bf16,
+        batch_size=batch_size, bf16=bf16, max_seq_length=max_seq_length,
     )
     _print_eval(result, path)
     written = result_file(path, task, out)

@@ -30,6 +30,20 @@ def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+def positive_int(value: object, name: str) -> int:
+    """``value`` if it is a positive integer (not a bool), else a :class:`UserError` naming ``name``.
+
+    Example:
+        >>> positive_int(0, "batch_size")
+        Traceback (most recent call last):
+        ...
+        compactbert.errors.UserError: batch_size=0 is not valid; valid: a positive integer
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{name}={short_repr(value)} is not valid; valid: a positive integer")
+    return value
+
+
 def short_repr(value: object, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters, for quoting user data in a message.
 

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import UserError
+from ..errors import UserError, positive_int
 from ..nn.pooling import DEFAULT_POOLING, Pooling, pool, read_pooling
 
 __all__ = ["HFSentenceEncoder", "open_encoder", "find_pooling", "embedding_model_pooling"]
@@ -55,8 +55,7 @@ class HFSentenceEncoder:
         """(len(sentences), dim) float32 sentence embeddings, in length-sorted batches, in input order."""
         import torch
 
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UserError(f"batch_size={batch_size!r} is not valid; valid: a positive integer")
+        positive_int(batch_size, "batch_size")
         length = int(max_length or self.pooling.max_seq_length or DEFAULT_MAX_LENGTH)
         limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         length = min(length, int(limit)) if limit else length

@@ -46,7 +46,7 @@ import torch
 
 from ..nn.pooling import DEFAULT_POOLING, Pooling, pool, pooling_from_dict
 from .. import defaults as D
-from ..errors import UserError
+from ..errors import UserError, positive_int
 from .encoder import LeanEncoder
 from .engines import ENGINES, RoutedEncoder, check_backend, engine_model, pick_fastest
 from .kernels import Int8Linear, cpu_has_native_bf16, mkldnn_available, onednn_int8_max_level
@@ -244,8 +244,7 @@ class PackedModel:
         bad = next((i for i, x in enumerate(sentences) if not isinstance(x, str)), None)
         if bad is not None:
             raise UserError(f"sentences[{bad}] is a {type(sentences[bad]).__name__}; expected a list of strings")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UserError(f"batch_size={batch_size!r} is not valid; valid: a positive integer")
+        positive_int(batch_size, "batch_size")
         p = self.pooling
         if normalize is not None:
             p = Pooling(p.mode, bool(normalize), p.max_seq_length, p.source)
@@ -314,8 +313,7 @@ def load(path: str | os.PathLike, dtype: str = "auto", threads: int | None = Non
         raise UserError(f"act_quant={act_quant!r} is not valid; valid: auto, on, off")
     check_backend(backend)
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise UserError(f"threads={threads!r} is not valid; valid: a positive integer")
+        positive_int(threads, "threads")
         torch.set_num_threads(threads)
     tdtype = _DTYPES[dtype]
     packed = read_packed(path, verify=verify)

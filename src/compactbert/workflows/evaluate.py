@@ -16,7 +16,7 @@ from typing import Any
 from .. import defaults as D
 from ..data.tasks import is_corpus_task
 from ..embedding.evaluate import embedding_task, evaluate_embedding, is_embedding_task
-from ..errors import UserError
+from ..errors import UserError, positive_int
 from ..loading import has_classification_head, load_for_task, load_saved, read_model_config
 from ..runs import EVAL_FILE, NAME, PACKED, RECIPE_FILE, RUN, Target, open_path
 
@@ -88,6 +88,9 @@ def evaluate(
     from ..data.sources import load_examples, normalize_split
     from ..data.tasks import get_task
 
+    for name, value in (("batch_size", batch_size), ("max_seq_length", max_seq_length)):
+        if value is not None:
+            positive_int(value, name)
     target = open_path(path)
     run = target.run_info()
     cfg = run_settings(target)

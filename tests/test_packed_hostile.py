@@ -302,10 +302,16 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a
     ("config.yaml", "- a list\n", "is not a mapping of settings"),
     ("config.yaml", "data: !!python/object/apply:os.system [echo hi]\n", "is not allowed"),
     ("run.json", "[1, 2]", "is not a JSON object"),
-    ("run.json", "{" * 100_000, "cannot read"),
+    ("run.json", "{" * 100_000, "is not valid JSON"),
+    ("run.json", "[" * 100_000 + "]" * 100_000, "is nested too deeply"),
+    ("run.json", '{"task": "sst2", "pad": "' + "x" * 600_000 + '"}', "is larger than 512 KiB"),  # limit lowered below
 ])
-def test_a_run_directory_s_settings_are_read_as_plain_data(base, tmp_path, capsys, name, text, match):
+def test_a_run_directory_s_settings_are_read_as_plain_data(base, tmp_path, capsys, monkeypatch, name, text, match):
     import shutil
+
+    from compactbert import runs
+
+    monkeypatch.setattr(runs, "MAX_RUN_JSON_BYTES", 512 * 1024)  # 16 MiB in use; 512 KiB here
 
     run = tmp_path / "run"
     shutil.copytree(base[0].parent / "model", run / "model")

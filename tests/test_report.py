@@ -196,6 +196,23 @@ def test_bad_inputs_are_user_errors(tmp_path, make, match):
         collect([make(tmp_path)])
 
 
+def test_oversized_or_deeply_nested_json_is_refused_before_parsing(tmp_path, monkeypatch):
+    import importlib
+
+    collect_module = importlib.import_module("compactbert.report.collect")
+    monkeypatch.setattr(collect_module, "MAX_JSON_BYTES", 1000)
+    big = tmp_path / "bench.json"
+    big.write_text('{"models": [' + ", ".join(['{"name": "m"}'] * 100) + "]}")  # 1.4 kB
+    with pytest.raises(UserError, match=r"bench.json' is larger than 0 KiB"):
+        collect([big])
+    deep = tmp_path / "deep" / "eval.json"
+    deep.parent.mkdir()
+    monkeypatch.setattr(collect_module, "MAX_JSON_BYTES", 10**6)
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="nested too deeply"):
+        collect([deep])
+
+
 def test_output_that_is_a_file_is_a_user_error(tmp_path):
     paths = write_inputs(tmp_path / "in")
     target = tmp_path / "taken"

@@ -69,6 +69,25 @@ def read_user_text(path: str | os.PathLike, what: str, max_bytes: int, hint: str
         ) from None
 
 
+def read_user_json(path: str | os.PathLike, what: str, max_bytes: int) -> object:
+    """The parsed JSON of a file the user handed us (a run's ``run.json``, a ``bench.json``, ...),
+    read only up to ``max_bytes``.
+
+    Raises:
+        UserError: the file is missing, unreadable, larger than ``max_bytes``, not UTF-8, not JSON
+            or nested too deeply; one line naming the file.
+    """
+    import json
+
+    text = read_user_text(path, what, max_bytes)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} {str(path)!r} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    except RecursionError:
+        raise UserError(f"{what} {str(path)!r} is nested too deeply to be one of ours") from None
+
+
 def user_path(text: str | os.PathLike) -> Path:
     """``Path(text)`` with a leading ``~`` expanded; unchanged when that user (or home) is unknown."""
     p = Path(text)

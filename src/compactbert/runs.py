@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .fileio import path_exists, user_path
+from .fileio import path_exists, read_user_json, user_path
 
 # What a run directory holds (see compactbert.workflows.finetune and .compress).
 RUN_FILE = "run.json"
@@ -145,6 +145,9 @@ def model_source(model: str | os.PathLike) -> str:
     return open_path(model).model_source()
 
 
+MAX_RUN_JSON_BYTES = 16 * 1024 * 1024  # ours are a few kB
+
+
 def read_run(path: str | os.PathLike) -> dict[str, Any]:
     """``run.json`` and ``config.yaml`` of a run directory as one dict (``{"config": {...}, ...}``).
 
@@ -153,10 +156,7 @@ def read_run(path: str | os.PathLike) -> dict[str, Any]:
     from .recipe import load_plain_yaml
 
     path = Path(path)
-    try:
-        info = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:  # JSON and UTF-8 errors are ValueErrors
-        raise UserError(f"cannot read {path / RUN_FILE}: {e}") from None
+    info = read_user_json(path / RUN_FILE, "run file", MAX_RUN_JSON_BYTES)
     if not isinstance(info, dict):
         raise UserError(f"{path / RUN_FILE} is not a JSON object; is {str(path)!r} a compactbert run?")
     cfg_path = path / CONFIG_FILE

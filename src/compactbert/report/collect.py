@@ -19,13 +19,13 @@ merged; the benchmark's numbers win where both have one, because they were measu
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..fileio import read_user_json
 from ..runs import EVAL_FILE, MODEL, MODEL_DIR, ONNX, PACKED, RUN, RUN_FILE, SIZE_FILE, open_path
 
 __all__ = ["collect", "FIELDS"]
@@ -42,13 +42,11 @@ _BENCH_KEYS = (
 )
 
 
+MAX_JSON_BYTES = 64 * 1024 * 1024  # a bench.json of many models is ~100 kB; anything this large is not ours
+
+
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except OSError as e:
-        raise UserError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{str(path)!r} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    return read_user_json(path, "file", MAX_JSON_BYTES)
 
 
 def _empty(name: str, source: Path) -> dict[str, Any]:

@@ -229,8 +229,47 @@ def test_onnxruntime_runs_exact_int8_products_where_levels_allow(tmp_path):
     assert got == expected
     assert ("exact int8 products" in pm.describe()) == bool(expected)
     graph = pm.encoder.session("logits").graph.model
-    assert sum(n.op_type == "MatMulInteger" for n in graph.graph.node) == len(expected)
+    ops = [n.op_type for n in graph.graph.node]
+    # one fused integer product per stacked group: layer 0 q+k+v, the last layer k+v (its queries
+    # come from [CLS] alone), then o, up, down each
+    products = {127: 4 + 5, 64: 5, 0: 0}[limit]
+    assert ops.count("MatMulIntegerToFloat") == products and "MatMulInteger" not in ops
+    assert ops.count("QuantizeLinear") == {127: 4 + 5, 64: 5, 0: 0}[limit]  # per-token codes, once per distinct input
     torch.testing.assert_close(run(pm, "bert", ids, mask, tt), ref, atol=2e-5, rtol=0)
     ids, mask, tt = random_rows("bert")
     ref = hf_logits(model, "bert", ids, mask, tt)
     assert agreement(pm(ids, mask), ref) >= 0.995
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_onnxruntime_graph_is_fused_and_computes_what_the_plain_graph_computes(tmp_path, arch):
+    """ONNX Runtime gets the fused graph (stacked q/k/v products, one attention kernel with the key
+    padding mask, bias+GELU and residual+LayerNorm in one op each); OpenVINO the plain opset-17 one.
+    On padded rows both give the same logits and token states."""
+    import onnxruntime as ort
+
+    from compactbert.export.onnx import ort_options
+    from compactbert.export.pack import read_packed
+    from compactbert.runtime.graph import build_graph
+
+    export_packed(compressed(arch), None, tmp_path, float_dtype="float32")
+    packed = read_packed(tmp_path)
+    ids, mask, tt = batch(arch)  # padding in two rows
+    for output in ("logits", "states"):
+        outs = {}
+        for fused in (False, True):
+            g = build_graph(packed.config, packed.tensors, packed.act_quant, packed.vocab_map, output, fused=fused)
+            ops = {n.op_type for n in g.model.graph.node}
+            fused_ops = {"MultiHeadAttention", "SkipLayerNormalization", "BiasGelu"}
+            assert (fused_ops <= ops) if fused else not (fused_ops & ops)
+            sess = ort.InferenceSession(g.model.SerializeToString(), ort_options(1), providers=["CPUExecutionProvider"])
+            feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+            if "token_type_ids" in g.inputs:
+                feed["token_type_ids"] = tt.numpy()
+            outs[fused] = torch.from_numpy(sess.run([g.output], feed)[0])
+        if output == "states":  # padded positions are not defined the same way; compare the tokens
+            keep = mask.bool()
+            outs = {k: v[keep] for k, v in outs.items()}
+        torch.testing.assert_close(outs[True], outs[False], atol=2e-5, rtol=0)
+    pm = load(tmp_path, backend="onnxruntime", threads=1)
+    assert "MultiHeadAttention" in {n.op_type for n in pm.encoder.session("logits").graph.model.graph.node}

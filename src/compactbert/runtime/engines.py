@@ -10,7 +10,8 @@ quantizers as float ops), which ONNX Runtime or OpenVINO compiles. The result is
 Integer products: on ONNX Runtime, a model trained with symmetric 8-bit activation quantizers runs
 each linear whose weight levels the CPU's u8 x s8 product sums exactly (:func:`ort_int8_max_level`:
 every int8 level on VNNI / AMX, levels within +-64 on AVX2, so binary and ternary weights always)
-as ``MatMulInteger`` on the trained codes: the same codes, exact int32 sums, then the scales.
+as an integer product on the trained codes (``MatMulIntegerToFloat`` in the fused graph ONNX Runtime
+gets, :mod:`compactbert.runtime.graph`): the same codes, exact int32 sums, then the scales.
 
 Precision of the rest: FP32 (ONNX Runtime always; OpenVINO with its inference precision forced to f32 when the
 model carries activation quantizers, so the codes are the trained ones; otherwise OpenVINO's
@@ -120,7 +121,7 @@ class EngineEncoder(nn.Module):
         self.head_out = True if config.get("head") else None  # PackedModel checks for a head
         self.sessions: dict[str, _Session] = {}
         self.dropped: dict[str, list[str]] = {}
-        self.int8_linears: list[str] = []  # linears run as exact integer products (MatMulInteger)
+        self.int8_linears: list[str] = []  # linears run as exact integer products (MatMulIntegerToFloat)
         self.agreement: str | None = None  # what dropping unsupported quantizers did, when any were
         first = "logits" if self.head_out else "states"
         self.session(first)
@@ -157,6 +158,9 @@ class EngineEncoder(nn.Module):
         name = "ONNX Runtime" if self.engine == "onnxruntime" else "OpenVINO"
         line = (f"{name} {s.version} CPU ({'MLAS' if self.engine == 'onnxruntime' else 'CPU plugin, latency hint'}), "
                 f"inference precision {s.precision}, graph built from the packed weights (decoded exactly)")
+        if self.engine == "onnxruntime":
+            line += ("; fused graph (q/k/v stacked, MultiHeadAttention, BiasGelu, SkipLayerNormalization, "
+                     "per-token QuantizeLinear)")
         if self.dropped:
             kinds = ", ".join(f"{k} ({len(v)} linears)" for k, v in self.dropped.items())
             line += f"; activation quantizers without an ONNX form dropped: {kinds}"
@@ -165,7 +169,7 @@ class EngineEncoder(nn.Module):
         elif any(self.config.get("act_quant") or {}) and self.quantized:
             line += "; trained activation quantizers run as float ops (same codes)"
         if self.int8_linears:
-            line += (f"; {len(self.int8_linears)} linears as exact int8 products (MatMulInteger, uint8 codes x int8 "
+            line += (f"; {len(self.int8_linears)} linears as exact int8 products (MatMulIntegerToFloat, uint8 codes x int8 "
                      "levels, int32 sums)")
         return line
 
@@ -173,11 +177,14 @@ class EngineEncoder(nn.Module):
 
 
 def _ort_product_exact(limit: int) -> bool:
-    """Whether ONNX Runtime's ``MatMulInteger`` (uint8 codes with zero point 128 x int8 levels) is
-    exact for full-range codes and levels within +-``limit``, the worst cases included."""
+    """Whether ONNX Runtime's integer product as the fused graph runs it (``MatMulIntegerToFloat``:
+    uint8 codes with zero point 128 x int8 levels, scales 1) is exact for full-range codes and
+    levels within +-``limit``, the worst cases included (every sum is below 2**24: exact in float32)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
+
+    from .graph import MS_DOMAIN
 
     rng = np.random.default_rng(0)
     x = rng.integers(-127, 128, (8, 256)).astype(np.int16)
@@ -185,12 +192,14 @@ def _ort_product_exact(limit: int) -> bool:
     w = rng.integers(-limit, limit + 1, (16, 256)).astype(np.int8)
     w[0], w[1] = limit, -limit
     graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["a", "w", "zp"], ["y"])], "probe",
+        [helper.make_node("MatMulIntegerToFloat", ["a", "w", "one", "ones", "zp"], ["y"], domain=MS_DOMAIN)], "probe",
         [helper.make_tensor_value_info("a", TensorProto.UINT8, ["m", 256])],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, ["m", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", 16])],
         [onnx.numpy_helper.from_array(np.ascontiguousarray(w.T), "w"),
+         onnx.numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+         onnx.numpy_helper.from_array(np.ones(16, dtype=np.float32), "ones"),
          onnx.numpy_helper.from_array(np.array(128, dtype=np.uint8), "zp")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS_DOMAIN, 1)])
     model.ir_version = 8
     try:
         opts = ort.SessionOptions()
@@ -245,7 +254,8 @@ def engine_model(packed, tokenizer, engine: str, threads: int | None = None, act
     limit = ort_int8_max_level() if (engine == "onnxruntime" and use_aq) else 0
     codes = packed.row_codes if limit else None
     enc = EngineEncoder(engine, packed.config,
-                        lambda out: build_graph(packed.config, packed.tensors, aq, packed.vocab_map, out, codes, limit),
+                        lambda out: build_graph(packed.config, packed.tensors, aq, packed.vocab_map, out, codes, limit,
+                                                fused=engine == "onnxruntime"),
                         threads, precision)
     enc.quantized = use_aq
     ran = next(iter(enc.sessions.values())).precision

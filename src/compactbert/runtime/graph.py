@@ -1,4 +1,4 @@
-"""An ONNX graph (opset 17) of a packed model, built from its decoded weights, for other engines
+"""An ONNX graph of a packed model, built from its decoded weights, for other engines
 (ONNX Runtime, OpenVINO) to run: :func:`build_graph`.
 
 What the graph computes is what :class:`~compactbert.runtime.encoder.LeanEncoder` computes on its
@@ -17,6 +17,14 @@ exact float32 path, op for op:
   token), as the runtime does; the ``"states"`` graph keeps every token and has no head (what
   sentence embeddings pool).
 
+``fused=True`` (what ONNX Runtime gets; opset 21 plus its ``com.microsoft`` operators) computes the
+same with fewer, larger kernels: q/k/v that share an input are one product over their stacked rows,
+split after; attention is one ``MultiHeadAttention`` with the key padding mask; bias + GELU is
+``BiasGelu``, bias + residual + LayerNorm ``SkipLayerNormalization``; an integer product is
+``MatMulIntegerToFloat`` (int32 sums times the row scales) and its per-token codes one
+``QuantizeLinear`` with a block per token (the same division and round-half-even as the float ops).
+OpenVINO gets the plain opset-17 graph.
+
 Inputs: ``input_ids``, ``attention_mask`` and, when the model has token types, ``token_type_ids``
 (int64, ``(batch, seq)``); output ``logits`` ``(batch, num_labels)`` or ``states``
 ``(batch, seq, hidden)``, float32.
@@ -34,6 +42,8 @@ import numpy as np
 __all__ = ["Graph", "build_graph", "ACT_EMITTERS", "register_act_emitter", "OPSET"]
 
 OPSET = 17
+FUSED_OPSET = 21  # fused (ONNX Runtime) graphs: QuantizeLinear with per-token blocks
+MS_DOMAIN = "com.microsoft"  # ONNX Runtime's fused operators (``fused=True`` graphs only)
 _F32_MIN = float(np.finfo(np.float32).min)
 
 
@@ -53,9 +63,11 @@ class _Builder:
     """Nodes and initializers of one graph; every helper returns the name of its output."""
 
     def __init__(self, tensors: dict[str, Any], act_quant: dict[str, dict[str, Any]],
-                 int8_codes: dict[str, tuple[Any, Any]] | None = None, int8_limit: int = 0):
-        self.tensors, self.aq = tensors, act_quant
-        self.codes, self.int8_limit = int8_codes or {}, int8_limit
+                 int8_codes: dict[str, tuple[Any, Any]] | None = None, int8_limit: int = 0, fused: bool = False):
+        # copies: joint_linears adds stacked entries, which must not leak into the caller's dicts
+        self.tensors, self.aq, self.fused = dict(tensors), dict(act_quant), fused
+        self.opset = FUSED_OPSET if fused else OPSET
+        self.codes, self.int8_limit = dict(int8_codes or {}), int8_limit
         self.int8_linears: list[str] = []
         self.coded: dict[tuple, tuple[str, str]] = {}  # (input, quantizer key) -> (uint8 codes, scale)
         self.nodes: list = []
@@ -63,6 +75,7 @@ class _Builder:
         self.n = 0
         self.dropped: dict[str, list[str]] = {}
         self.quantized: dict[tuple, str] = {}  # (input, quantizer key) -> quantized input
+        self.shared: dict[str, str] = {}  # constants used by many nodes (zero point 128, 1.0)
 
     def fresh(self, hint: str) -> str:
         self.n += 1
@@ -76,12 +89,28 @@ class _Builder:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr.astype(dtype)), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs) -> str:
+    def shared_const(self, key: str, value, dtype) -> str:
+        """One initializer for a constant many nodes use (the zero point 128, 1.0)."""
+        if key not in self.shared:
+            self.shared[key] = self.const(value, key, dtype=dtype)
+        return self.shared[key]
+
+    def op(self, op_type: str, inputs: list[str], hint: str | None = None, domain: str | None = None, **attrs) -> str:
         from onnx import helper
 
         out = self.fresh(hint or op_type.lower())
-        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        self.nodes.append(helper.make_node(op_type, inputs, [out], domain=domain, **attrs))
         return out
+
+    def amax(self, x: str) -> str:
+        """``max |x|`` over the last axis, kept: ``(..., 1)``."""
+        if self.opset >= 18:  # axes became an input
+            return self.op("ReduceMax", [self.op("Abs", [x]), self.const([-1], "axes", np.int64)], keepdims=1)
+        return self.op("ReduceMax", [self.op("Abs", [x])], axes=[-1], keepdims=1)
+
+    def ms(self, op_type: str, inputs: list[str], **attrs) -> str:
+        """A fused ONNX Runtime operator (domain ``com.microsoft``; only in ``fused`` graphs)."""
+        return self.op(op_type, inputs, domain=MS_DOMAIN, **attrs)
 
     def weight(self, name: str) -> str:
         """``(in, out)`` initializer of linear ``name``'s weight (stored ``(out, in)``)."""
@@ -127,27 +156,82 @@ class _Builder:
             return None
         key = (x, aq.key())
         if key not in self.coded:
-            codes, scale = emit(self, x, aq.quantizer)
-            u8 = self.op("Cast", [self.op("Add", [codes, self.const(np.float32(128.0))])], to=2)  # UINT8
-            self.coded[key] = (u8, scale)
+            if self.fused and aq.kind == "dynamic_act":
+                self.coded[key] = _dynamic_u8(self, x, aq.quantizer, int(levels.shape[1]))
+            else:
+                codes, scale = emit(self, x, aq.quantizer)
+                u8 = self.op("Cast", [self.op("Add", [codes, self.const(np.float32(128.0))])], to=2)  # UINT8
+                self.coded[key] = (u8, scale)
         u8, scale = self.coded[key]
         w = self.const(levels.T.contiguous(), name.replace(".", "_") + "_levelsT", dtype=np.int8)
-        zp = self.const(np.uint8(128), "zp128", dtype=np.uint8)
-        acc = self.op("Cast", [self.op("MatMulInteger", [u8, w, zp])], to=1)  # FLOAT
+        zp = self.shared_const("zp128", np.uint8(128), np.uint8)
         self.int8_linears.append(name)
         rs = self.const(row_scales.float(), name.replace(".", "_") + "_rs")
+        if self.fused:  # one kernel: int32 sums times the row scales (a_scale 1: exact), then the token scales
+            one = self.shared_const("one", np.float32(1.0), np.float32)
+            return self.op("Mul", [self.ms("MatMulIntegerToFloat", [u8, w, one, rs, zp]), scale])
+        acc = self.op("Cast", [self.op("MatMulInteger", [u8, w, zp])], to=1)  # FLOAT
         return self.op("Mul", [self.op("Mul", [acc, scale]), rs])
 
-    def linear(self, name: str, x: str, activation: str | None = None, residual: str | None = None) -> str:
+    def product(self, name: str, x: str) -> str:
+        """``x @ W^T`` of linear ``name`` (integer where exact, else float), without its bias."""
         y = self.int8_product(name, x)
-        if y is None:
-            y = self.op("MatMul", [self.act_quant(name, x), self.weight(name)])
-        bias = self.tensors.get(f"{name}.bias")
+        return y if y is not None else self.op("MatMul", [self.act_quant(name, x), self.weight(name)])
+
+    def bias(self, name: str) -> str | None:
+        b = self.tensors.get(f"{name}.bias")
+        return None if b is None else self.const(b.float(), name.replace(".", "_") + "_b")
+
+    def linear(self, name: str, x: str, activation: str | None = None, residual: str | None = None) -> str:
+        y, bias = self.product(name, x), self.bias(name)
+        if self.fused and activation == "gelu" and residual is None:
+            return self.ms("BiasGelu", [y, bias]) if bias is not None else self.ms("Gelu", [y])
         if bias is not None:
-            y = self.op("Add", [y, self.const(bias.float(), name.replace(".", "_") + "_b")])
+            y = self.op("Add", [y, bias])
         if activation is not None:
             y = self.activation(activation, y)
         return self.op("Add", [y, residual]) if residual is not None else y
+
+    def joint_linears(self, names: list[str], x: str) -> list[str]:
+        """``x @ W_i^T + b_i`` of linears sharing the input ``x`` as one product over their stacked
+        rows, split after (each row's arithmetic is unchanged: same codes, levels, scales and bias);
+        separate linears when they cannot be stacked (different input quantizers, some integer and
+        some not, a missing bias)."""
+        import torch
+
+        aq = [self.aq.get(n) for n in names]
+        codes = [self.codes.get(f"{n}.weight") for n in names]
+        biases = [self.tensors.get(f"{n}.bias") for n in names]
+        same_aq = all(a == aq[0] for a in aq)
+        exact = [c is not None and bool(aq[0]) and self.int8_limit and int(c[0].abs().max()) <= self.int8_limit
+                 for c in codes]
+        if not same_aq or len(set(exact)) != 1 or any(b is None for b in biases):
+            return [self.linear(n, x) for n in names]
+        joint = "+".join(names)
+        widths = [int(self.tensors[f"{n}.weight"].shape[0]) for n in names]
+        self.tensors[f"{joint}.weight"] = torch.cat([self.tensors[f"{n}.weight"] for n in names])
+        self.tensors[f"{joint}.bias"] = torch.cat(biases)
+        if aq[0]:
+            self.aq[joint] = aq[0]
+        if exact[0]:
+            self.codes[f"{joint}.weight"] = (torch.cat([c[0] for c in codes]), torch.cat([c[1] for c in codes]))
+        y = self.linear(joint, x)
+        if exact[0]:
+            self.int8_linears[-1:] = names  # reported per linear, as before
+        outs = [self.fresh("split") for _ in names]
+        from onnx import helper
+
+        self.nodes.append(helper.make_node("Split", [y, self.const(widths, "widths", np.int64)], outs, axis=-1))
+        return outs
+
+    def linear_norm(self, name: str, x: str, residual: str, prefix: str, eps: float) -> str:
+        """``LayerNorm(x @ W^T + b + residual)`` (one ``SkipLayerNormalization`` in fused graphs)."""
+        if not self.fused:
+            return self.layer_norm(prefix, self.linear(name, x, residual=residual), eps)
+        w, b = self.norm_params(prefix)
+        y, bias = self.product(name, x), self.bias(name)
+        return self.ms("SkipLayerNormalization", [y, residual, w, b] + ([bias] if bias is not None else []),
+                       epsilon=eps)
 
     def activation(self, act: str, x: str) -> str:
         if act == "gelu":  # erf form (what F.gelu computes); ORT and OpenVINO fuse it into one Gelu
@@ -168,9 +252,13 @@ class _Builder:
             return self.op("Tanh", [x])
         raise ValueError(f"activation {act!r} has no ONNX form here")
 
-    def layer_norm(self, prefix: str, x: str, eps: float) -> str:
+    def norm_params(self, prefix: str) -> tuple[str, str]:
         w = self.const(self.tensors[f"{prefix}.weight"].float(), prefix.replace(".", "_") + "_w")
         b = self.const(self.tensors[f"{prefix}.bias"].float(), prefix.replace(".", "_") + "_b")
+        return w, b
+
+    def layer_norm(self, prefix: str, x: str, eps: float) -> str:
+        w, b = self.norm_params(prefix)
         return self.op("LayerNormalization", [x, w, b], axis=-1, epsilon=eps)
 
 
@@ -190,9 +278,12 @@ def register_act_emitter(kind: str):
 @register_act_emitter("dynamic_act")
 def _dynamic_act(g: _Builder, x: str, q) -> str:
     # compactbert.nn.quant.dynamic.dynamic_act_codes: scale = max|x| / qmax (>= 1e-30), round(x / scale) * scale
-    amax = g.op("ReduceMax", [g.op("Abs", [x])], axes=[-1], keepdims=1)
-    scale = g.op("Max", [g.op("Div", [amax, g.const(np.float32(q.qmax))]), g.const(np.float32(1e-30))])
+    scale = _dynamic_scale(g, x, q)
     return g.op("Mul", [g.op("Round", [g.op("Div", [x, scale])]), scale], hint="aq")
+
+
+def _dynamic_scale(g: _Builder, x: str, q) -> str:
+    return g.op("Max", [g.op("Div", [g.amax(x), g.const(np.float32(q.qmax))]), g.const(np.float32(1e-30))])
 
 
 # kind -> fn(builder, x, quantizer) -> (float codes in [-127, 127], scale): the symmetric int8 form
@@ -201,9 +292,16 @@ INT8_EMITTERS: dict[str, Callable[[_Builder, str, Any], tuple[str, str]]] = {}
 
 
 def _dynamic_codes(g: _Builder, x: str, q) -> tuple[str, str]:
-    amax = g.op("ReduceMax", [g.op("Abs", [x])], axes=[-1], keepdims=1)
-    scale = g.op("Max", [g.op("Div", [amax, g.const(np.float32(q.qmax))]), g.const(np.float32(1e-30))])
+    scale = _dynamic_scale(g, x, q)
     return g.op("Round", [g.op("Div", [x, scale])]), scale
+
+
+def _dynamic_u8(g: _Builder, x: str, q, width: int) -> tuple[str, str]:
+    """Fused graphs: the codes + 128 as uint8 by one ``QuantizeLinear`` with a block per token
+    (``saturate(round_half_even(x / scale) + 128)``: the same division and rounding as above)."""
+    scale = _dynamic_scale(g, x, q)
+    zp = g.op("Expand", [g.shared_const("zp128", np.uint8(128), np.uint8), g.op("Shape", [scale])])
+    return g.op("QuantizeLinear", [x, scale, zp], axis=-1, block_size=width), scale
 
 
 def _static_codes(g: _Builder, x: str, q) -> tuple[str, str]:
@@ -264,6 +362,16 @@ def _heads(g: _Builder, x: str, h: int, d: int, last_dims: list[int]) -> str:
 
 def _attention(g: _Builder, p: str, x: str, q_in: str, mask: str, h: int, d: int) -> str:
     """Context ``(b, sq, h*d)`` of layer ``p``: queries from ``q_in``, keys and values from ``x``."""
+    if g.fused:  # ONNX Runtime: q/k/v as one product where they share an input, one attention kernel
+        names = [f"{p}.attn.{n}" for n in ("q", "k", "v")]
+        if q_in == x:
+            q, k, v = g.joint_linears(names, x)
+        else:
+            q, (k, v) = g.linear(names[0], q_in), g.joint_linears(names[1:], x)
+        if "key_mask" not in g.shared:
+            g.shared["key_mask"] = g.op("Cast", ["attention_mask"], to=6)  # INT32, (b, s): 1 token, 0 padding
+        return g.ms("MultiHeadAttention", [q, k, v, "", g.shared["key_mask"]], num_heads=h,
+                    scale=1 / math.sqrt(d), mask_filter_value=_F32_MIN)
     q = _heads(g, g.linear(f"{p}.attn.q", q_in), h, d, [0, 2, 1, 3])
     k = _heads(g, g.linear(f"{p}.attn.k", x), h, d, [0, 2, 3, 1])
     v = _heads(g, g.linear(f"{p}.attn.v", x), h, d, [0, 2, 1, 3])
@@ -288,23 +396,24 @@ def _layer(g: _Builder, cfg: dict[str, Any], i: int, x: str, mask: str, cls_only
         y = g.layer_norm(f"{p}.attn.ln", g.op("Add", [res, _constant(g, f"{p}.attn.o.bias", hidden)]), eps)
     else:
         ctx = _attention(g, p, x, res, mask, heads, d)
-        y = g.layer_norm(f"{p}.attn.ln", g.linear(f"{p}.attn.o", ctx, residual=res), eps)
+        y = g.linear_norm(f"{p}.attn.o", ctx, res, f"{p}.attn.ln", eps)
     if width == 0:
         return g.layer_norm(f"{p}.ffn.ln", g.op("Add", [y, _constant(g, f"{p}.ffn.down.bias", hidden)]), eps)
     mid = g.linear(f"{p}.ffn.up", y, activation=str(cfg["hidden_act"]))
-    return g.layer_norm(f"{p}.ffn.ln", g.linear(f"{p}.ffn.down", mid, residual=y), eps)
+    return g.linear_norm(f"{p}.ffn.down", mid, y, f"{p}.ffn.ln", eps)
 
 
 def build_graph(config: dict[str, Any], tensors: dict[str, Any], act_quant: dict[str, dict[str, Any]] | None = None,
                 vocab_map=None, output: str = "logits", int8_codes: dict[str, tuple[Any, Any]] | None = None,
-                int8_limit: int = 0) -> Graph:
+                int8_limit: int = 0, fused: bool = False) -> Graph:
     """The ONNX graph of a packed model (``PackedWeights.config``, ``.tensors``, ``.act_quant``,
     ``.vocab_map``): ``output="logits"`` (needs a head) or ``"states"`` (every token's last state).
 
     ``act_quant`` None (or ``{}``) builds the graph without activation quantizers. ``int8_codes``
     (``PackedWeights.row_codes``) with ``int8_limit`` > 0 (:func:`ort_int8_max_level`) makes every
     linear whose levels stay within the limit and whose input quantizer is symmetric int8 an integer
-    product (``MatMulInteger``; :meth:`_Builder.int8_product`); the others stay float.
+    product (``MatMulInteger``, or ``MatMulIntegerToFloat`` when ``fused``; :meth:`_Builder.int8_product`);
+    the others stay float. ``fused`` builds ONNX Runtime's form (see the module's docstring).
     """
     from onnx import TensorProto, helper
 
@@ -312,7 +421,7 @@ def build_graph(config: dict[str, Any], tensors: dict[str, Any], act_quant: dict
         raise ValueError(f"output {output!r}; valid: logits, states")
     if output == "logits" and not config.get("head"):
         raise ValueError("the model has no classification head: build output='states'")
-    g = _Builder(tensors, act_quant or {}, int8_codes, int8_limit)
+    g = _Builder(tensors, act_quant or {}, int8_codes, int8_limit, fused)
     has_types = "emb.token_type.weight" in tensors
     x = _embeddings(g, config, vocab_map, has_types)
     keep = g.op("Cast", [g.op("Unsqueeze", ["attention_mask", g.const([1, 2], dtype=np.int64)])], to=1)  # (b,1,1,s)
@@ -335,6 +444,7 @@ def build_graph(config: dict[str, Any], tensors: dict[str, Any], act_quant: dict
     shape = ["batch", int(config["num_labels"])] if output == "logits" else ["batch", "seq", int(config["hidden_size"])]
     outputs = [helper.make_tensor_value_info(output, TensorProto.FLOAT, shape)]
     graph = helper.make_graph(g.nodes, f"compactbert-{output}", inputs, outputs, g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="compactbert")
-    model.ir_version = 8
+    opsets = [helper.make_opsetid("", g.opset)] + ([helper.make_opsetid(MS_DOMAIN, 1)] if fused else [])
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="compactbert")
+    model.ir_version = 10 if fused else 8
     return Graph(model, names, output, g.dropped, g.int8_linears)

@@ -1,0 +1,252 @@
+"""XTC at the recipes' full schedules (issue 14): run or continue them, then publish where they are.
+
+For one task (``--task stsb`` or ``sst2``) and a teacher fine-tuned on it, each recipe of
+``--recipes`` (default: ``xtc-ternary``, ``xtc-binary``, ``xtc-layer-reduction-binary``) is a
+``compactbert compress`` run at the recipe's own schedule (18 epochs per stage), evaluated and
+checkpointed once per epoch, in ``runs/xtc-TASK-RECIPE``. ``--jobs N`` runs N recipes side by side
+at one thread each; a run that exists is continued with ``--resume`` (bit for bit), so a schedule
+of many hours is carried across sessions. The device is whatever accelerate picks (a GPU when
+there is one): the same command runs the long SST-2 schedules on a GPU machine.
+
+The table (``--table-only`` reads the runs without training): per recipe, the epochs done, the
+last dev metric of the training-time model (the per-epoch evaluation, FP32 for models with
+activation quantizers), the packed model's metric through compactbert's runtime once the run is
+done, the difference to the teacher, bytes on disk and the run's own wall time. The learning curve
+(dev metric vs epoch, one line per recipe, stage after stage) goes to ``benchmarks/xtc_full_TASK.png``
+with ``--marker RECIPE=VALUE`` points (e.g. the 2-epoch numbers published before) at epoch 2.
+
+Usage::
+
+    python benchmarks/xtc_full.py --task stsb --teacher runs/stsb-teacher --jobs 2
+    python benchmarks/xtc_full.py --task stsb --teacher runs/stsb-teacher --table-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from finetune_sst2 import cpu_name, publish  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "glue"
+RECIPES = ["xtc-ternary", "xtc-binary", "xtc-layer-reduction-binary"]
+# the main dev metric of each task, and how it is shown (x100)
+METRIC = {"stsb": "spearman", "sst2": "accuracy"}
+# targets the issue holds the recipes to: points below the teacher
+TARGETS = {"xtc-ternary": 0.5, "xtc-binary": 1.0, "xtc-layer-reduction-binary": 2.0}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", required=True, choices=sorted(METRIC))
+    p.add_argument("--teacher", required=True, help="run directory of the teacher fine-tuned on --task")
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--recipes", nargs="+", default=RECIPES)
+    p.add_argument("--prefix", default=None, help="run directories are PREFIX + recipe (default runs/xtc-TASK-)")
+    p.add_argument("--jobs", type=int, default=2, help="recipes trained side by side, one thread each")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   help="extra --set for every run (the schedule stays the recipe's unless you change it)")
+    p.add_argument("--table-only", action="store_true", help="read the runs, train nothing")
+    p.add_argument("--marker", action="append", default=[], metavar="RECIPE=VALUE",
+                   help="a point at epoch 2 on the curve (e.g. an earlier 2-epoch result)")
+    p.add_argument("--note", default="", help="a paragraph appended to the section")
+    p.add_argument("--results", default=None, help="RESULTS.md to update (default benchmarks/RESULTS.md)")
+    return p.parse_args(argv)
+
+
+def run_dir(args, recipe: str) -> Path:
+    prefix = args.prefix or str(REPO / "runs" / f"xtc-{args.task}-")
+    return Path(prefix + recipe)
+
+
+def train(args, recipe: str) -> int:
+    """Start or continue one run (``--resume`` when its directory exists); its log next to it."""
+    out = run_dir(args, recipe)
+    info = read_json(out / "run.json")
+    if info.get("status") == "done":
+        return 0
+    steps = epoch_steps(args)  # (later stages evaluate at each epoch's end by default: the same)
+    cmd = [sys.executable, "-m", "compactbert", "compress", recipe, "--teacher", args.teacher, "--task", args.task,
+           "--data", args.data, "--out", str(out), "--no-progress", "--set", f"stages.0.eval_every={steps}"]
+    for o in args.overrides:
+        cmd += ["--set", o]
+    if out.exists():
+        cmd.append("--resume")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log = out.parent / f"{out.name}.log"
+    with log.open("a") as f:
+        f.write(f"\n$ {' '.join(cmd)}  # {datetime.now().isoformat(timespec='seconds')}\n")
+        f.flush()
+        return subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+
+def epoch_steps(args) -> int:
+    """Optimizer steps per epoch of the task's training set at the recipes' batch size (32)."""
+    from compactbert.data.sources import load_examples
+    from compactbert.data.tasks import get_task
+
+    n = len(load_examples(get_task(args.task), "train", args.data))
+    return -(-n // 32)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def curve(out: Path, metric: str) -> tuple[list[tuple[float, float]], list[float], float]:
+    """``([(cumulative epoch, dev metric x100)], [epochs per stage so far], wall seconds)`` of a run."""
+    points, stage_epochs, wall = [], [], 0.0
+    offset = 0.0
+    for stage in sorted((out / "stages").glob("*"), key=lambda p: int(p.name.split("-")[0])):
+        records = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines() if line.strip()] \
+            if (stage / "metrics.jsonl").is_file() else []
+        records = [r for r in records if "metrics" in r and metric in r["metrics"]]
+        for r in records:
+            points.append((offset + float(r["epoch"]), 100 * float(r["metrics"][metric])))
+        if records:
+            wall += float(records[-1].get("elapsed") or 0.0)
+            stage_epochs.append(float(records[-1]["epoch"]))
+            offset += float(records[-1]["epoch"])
+    return points, stage_epochs, wall
+
+
+def packed_metric(args, out: Path, metric: str) -> float | None:
+    """The packed model's dev metric through compactbert's runtime (evaluated once, cached)."""
+    packed, cached = out / "packed", out / "packed_eval.json"
+    if not packed.is_dir() or read_json(out / "run.json").get("status") != "done":
+        return None
+    if not cached.is_file():
+        subprocess.call([sys.executable, "-m", "compactbert", "eval", str(packed), "--task", args.task,
+                         "--data", args.data, "--out", str(cached)], cwd=REPO)
+    m = read_json(cached).get("metrics") or {}
+    return 100 * float(m[metric]) if metric in m else None
+
+
+def recipe_epochs(out: Path, recipe_name: str) -> list[float]:
+    from compactbert.errors import UserError
+    from compactbert.recipe import load_plain_yaml
+
+    try:
+        f = out / "recipe.yaml" if (out / "recipe.yaml").is_file() else REPO / "recipes" / f"{recipe_name}.yaml"
+        recipe, _ = load_plain_yaml(f.read_text(), str(f))
+        return [float(s.get("epochs") or 0) for s in recipe.get("stages", [])]
+    except (OSError, ValueError, AttributeError, UserError):
+        return []
+
+
+def rows(args) -> tuple[list[dict], float, int]:
+    from compactbert.bench.result import model_bytes
+
+    metric = METRIC[args.task]
+    teacher_bytes = model_bytes(Path(args.teacher) / "model")[0]
+    teacher = 100 * float((read_json(Path(args.teacher) / "eval.json").get("metrics") or {}).get(metric, "nan"))
+    out_rows = []
+    for recipe in args.recipes:
+        out = run_dir(args, recipe)
+        points, done, wall = curve(out, metric)
+        planned = recipe_epochs(out, recipe)
+        info = read_json(out / "run.json")
+        out_rows.append({
+            "recipe": recipe, "out": out, "points": points, "done": done, "planned": planned, "wall": wall,
+            "status": {"running": "in progress (resumable)"}.get(info.get("status"), info.get("status", "not started")), "last": points[-1][1] if points else None,
+            "best": max((p[1] for p in points), default=None), "packed": packed_metric(args, out, metric),
+            "bytes": model_bytes(out / "packed")[0] if (out / "packed").is_dir() else None,
+        })
+    return out_rows, teacher, teacher_bytes
+
+
+def plot(args, table_rows: list[dict], teacher: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for r in table_rows:
+        if r["points"]:
+            xs, ys = zip(*r["points"])
+            ax.plot(xs, ys, marker=".", label=r["recipe"])
+    for m in args.marker:
+        recipe, value = m.split("=", 1)
+        ax.scatter([2.0], [float(value)], marker="*", s=120, zorder=5, label=f"{recipe}: 2-epoch run")
+    ax.axhline(teacher, color="grey", linestyle="--", linewidth=1, label=f"teacher {teacher:.2f}")
+    ax.set_xlabel("epoch (stage after stage)")
+    ax.set_ylabel(f"dev {METRIC[args.task]} x100")
+    ax.set_title(f"XTC recipes on {args.task.upper()} at their own schedules")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def fmt(v, spec=".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def section(args, table_rows: list[dict], teacher: float, teacher_bytes: int, png: Path, command: str) -> str:
+    metric = METRIC[args.task]
+    lines = [
+        f"## XTC at the recipes' full schedules on {args.task.upper()} (`benchmarks/xtc_full.py`, issue 14)",
+        "",
+        f"Updated {datetime.now():%Y-%m-%d %H:%M} on {cpu_name()}; every run on the CPU, one thread each, "
+        f"{args.jobs} side by side. Command: `{command}`.",
+        f"Teacher `{args.teacher}`: dev {metric} {teacher:.2f}. Dev {metric} x100 of the training-time model "
+        "after each epoch (FP32); 'packed' is the packed directory through compactbert's runtime, once a run is done. "
+        "Target: points below the teacher the issue holds each recipe to. "
+        f"x smaller: the teacher's FP32 model files ({teacher_bytes:,} bytes) over the packed directory's.",
+        "",
+        "| recipe | epochs done / planned | last dev | best dev | packed | Δ vs teacher (last) | target | packed bytes | x smaller | wall h | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table_rows:
+        done = " + ".join(f"{e:g}" for e in r["done"]) or "0"
+        planned = " + ".join(f"{e:g}" for e in r["planned"]) or "?"
+        delta = None if r["last"] is None else r["last"] - teacher
+        target = TARGETS.get(r["recipe"])
+        size = "-" if not r["bytes"] else f"{int(r['bytes']):,} | {teacher_bytes / r['bytes']:.1f}x"
+        size = size if r["bytes"] else "- | -"
+        lines.append(
+            f"| {r['recipe']} | {done} / {planned} | {fmt(r['last'])} | {fmt(r['best'])} | {fmt(r['packed'])} | "
+            f"{fmt(delta, '+.2f')} | {'-' if target is None else f'-{target:g}'} | "
+            f"{size} | "
+            f"{r['wall'] / 3600:.2f} | {r['status']} |")
+    lines += ["", f"![learning curves]({png.name})", ""]
+    for r in table_rows:
+        if r["points"]:
+            lines.append(f"- `{r['recipe']}` per epoch: " + " -> ".join(f"{y:.1f}" for _, y in r["points"]))
+    if args.note:
+        lines += ["", args.note]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.table_only:
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            codes = list(pool.map(lambda r: train(args, r), args.recipes))
+        if any(codes):
+            print(f"some runs failed (exit codes {codes}); see runs/*.log", file=sys.stderr)
+    table_rows, teacher, teacher_bytes = rows(args)
+    png = REPO / "benchmarks" / f"xtc_full_{args.task}.png"
+    plot(args, table_rows, teacher, png)
+    command = "python benchmarks/xtc_full.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    body = section(args, table_rows, teacher, teacher_bytes, png, command.strip())
+    print(body)
+    publish(body, args.results, f"xtc_full_{args.task}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -95,6 +95,46 @@ def table(result: dict) -> str:
     return "\n".join(rows)
 
 
+def _rounds(row: dict, figure: str) -> list[float]:
+    spread = (row.get("spread") or {}).get(figure) or {}
+    return list(spread.get("rounds") or ([row[figure]] if row.get(figure) is not None else []))
+
+
+def versus_best(result: dict) -> str:
+    """Each compressed model against the strongest baseline engine on the uncompressed teacher (our
+    own runtime on the teacher excluded), at batch 32 (throughput) and batch 1 (p50 latency): the
+    ratio round by round (higher = faster), its median, min-max, and max/min spread."""
+    import statistics
+
+    ok = [r for r in result["models"] if not (r.get("skipped") or r.get("error"))]
+    baselines = [r for r in ok if r.get("role") == "baseline" and not str(r.get("kind", "")).startswith("packed")]
+    if not baselines:
+        return ""
+    best32 = max(baselines, key=lambda r: r["throughput_bs32"])
+    best1 = min(baselines, key=lambda r: r["latency_ms_bs1_p50"])
+    lines = [f"Against the strongest baseline engine on the uncompressed teacher, round by round: at batch 32 "
+             f"`{best32['name']}` ({best32['throughput_bs32']:.1f} seq/s), at batch 1 `{best1['name']}` "
+             f"({best1['latency_ms_bs1_p50']:.2f} ms). x > 1: faster than it.", "",
+             "| model (engine) | x best at bs32: median (min-max) | spread max/min | x best at bs1: median (min-max) | spread max/min |",
+             "|---|---|---|---|---|"]
+
+    def cell(values: list[float]) -> tuple[str, str]:
+        if not values:
+            return "-", "-"
+        med = statistics.median(values)
+        return f"{med:.2f}x ({min(values):.2f}-{max(values):.2f})", f"{max(values) / min(values):.2f}"
+
+    for r in ok:
+        if r.get("role") == "baseline":
+            continue
+        t, tb = _rounds(r, "throughput_bs32"), _rounds(best32, "throughput_bs32")
+        lat, lb = _rounds(r, "latency_ms_bs1_p50"), _rounds(best1, "latency_ms_bs1_p50")
+        a = cell([x / y for x, y in zip(t, tb)])
+        b = cell([y / x for x, y in zip(lat, lb)])
+        lines.append(f"| {r['name']} ({r['kind']}) | {a[0]} | {a[1]} | {b[0]} | {b[1]} |")
+    return "\n".join(lines)
+
+
 def section(result: dict, command: str, section_name: str, note: str = "") -> str:
     m, load = result["machine"], result["load"]
     kernels = "\n".join(f"- `{r['name']}`: {r.get('skipped') or r.get('error') or r.get('kernels')}" for r in result["models"])
@@ -113,6 +153,8 @@ Load: 1-minute average {avg[0]} before, {end[0]} after; other processes used at 
 model was timed ({len(load.get('contended') or [])} contended timings).
 
 {table(result)}
+
+{versus_best(result)}
 {(chr(10) + note + chr(10)) if note else ''}
 Kernels:
 {kernels}

@@ -34,10 +34,10 @@ def callable_verb(module_name: str, verb: str) -> None:
     import sys
     import types
 
+    api = module_name.split(".")[0] + ".api"  # where the verbs live, imported only when one is called
+
     class VerbModule(types.ModuleType):
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
-            from . import api
-
-            return getattr(api, verb)(*args, **kwargs)
+            return getattr(importlib.import_module(api), verb)(*args, **kwargs)
 
     sys.modules[module_name].__class__ = VerbModule

@@ -215,9 +215,10 @@ class _Builder:
             self.aq[joint] = aq[0]
         if exact[0]:
             self.codes[f"{joint}.weight"] = (torch.cat([c[0] for c in codes]), torch.cat([c[1] for c in codes]))
+        before = len(self.int8_linears)
         y = self.linear(joint, x)
-        if exact[0]:
-            self.int8_linears[-1:] = names  # reported per linear, as before
+        if len(self.int8_linears) > before:  # an integer product: reported per linear, as before
+            self.int8_linears[before:] = names
         outs = [self.fresh("split") for _ in names]
         from onnx import helper
 

@@ -98,6 +98,44 @@ def test_sentence_term_is_one_minus_cosine_of_masked_mean_pooled_normalised_stat
         assert state.extras["distill/sentence"] == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_cls_term_is_one_minus_cosine_of_batch_centred_cls_states():
+    """The [CLS] term compares how the [CLS] state varies across the batch (each model's states
+    centred on its own batch mean), on bare encoders and on classifiers alike."""
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=2)
+    ids = torch.tensor([[2, 7, 9, 11, 3], [2, 5, 3, 0, 0], [2, 8, 8, 3, 0]])
+    mask = (ids != 0).long()
+    batch = {"input_ids": ids, "attention_mask": mask}
+    for cls_model in (BertModel, BertForSequenceClassification):
+        student, teacher = cls_model(cfg).eval(), cls_model(cfg).eval()
+        with torch.no_grad():
+            s = student(**batch, output_hidden_states=True).hidden_states[-1][:, 0]
+            t = teacher(**batch, output_hidden_states=True).hidden_states[-1][:, 0]
+        sc, tc = s - s.mean(0), t - t.mean(0)
+        expected = (1 - (sc * tc).sum(-1) / (sc.norm(dim=-1) * tc.norm(dim=-1))).mean()
+        m = Distillation(alpha=0.0, weights={"logits": 0.0, "cls": 1.0}, teacher_bf16=False)
+        state = TrainState(model=student, teacher=teacher, total_steps=1)
+        m.attach(state)
+        state.batch = batch
+        with torch.no_grad():
+            state.outputs = student(**batch, **m.forward_kwargs(), return_dict=True)
+            loss = m.loss(state)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5), cls_model.__name__
+        assert state.extras["distill/cls"] == pytest.approx(expected.item(), rel=1e-5)
+    # the same model as its own teacher: nothing to learn
+    m = Distillation(alpha=0.0, weights={"logits": 0.0, "cls": 1.0}, teacher_bf16=False)
+    state = TrainState(model=student, teacher=student.__class__(cfg).eval(), total_steps=1)
+    state.teacher.load_state_dict(student.state_dict())
+    m.attach(state)
+    state.batch = batch
+    with torch.no_grad():
+        state.outputs = student(**batch, **m.forward_kwargs(), return_dict=True)
+        assert m.loss(state).item() == pytest.approx(0.0, abs=1e-6)
+
+
 def test_logits_term_on_bare_encoders_is_refused_with_its_key():
     from transformers import BertConfig, BertModel
 

@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from finetune_sst2 import cpu_name, publish  # noqa: E402
+from xtc_full import shown_command  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "glue"
 METRIC = {"sst2": "accuracy", "stsb": "spearman", "rt": "accuracy"}
@@ -50,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="optimizer steps of the two downstream stages (the recipe says 3 + 1 epochs)")
     p.add_argument("--run", action="store_true", help="train the runs that are missing")
     p.add_argument("--note", default="")
-    p.add_argument("--results", default=None)
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"), help="markdown file whose section is replaced ('' to print only)")
     return p.parse_args(argv)
 
 
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
         "(`benchmarks/pofa_transfer.py`, issue 12)",
         "",
         f"Updated {datetime.now():%Y-%m-%d %H:%M} on {cpu_name()} (one thread per run). Command: "
-        f"`python benchmarks/pofa_transfer.py {' '.join(argv if argv is not None else sys.argv[1:])}`.",
+        f"`{shown_command('benchmarks/pofa_transfer.py', argv if argv is not None else sys.argv[1:])}`.",
         f"Upstream model `{args.upstream}` (recipe `pofa-upstream`, {up_info.get('stage_results', [{}])[-1].get('steps', '?')} "
         f"steps on the embedded `general-en` corpus; STS-B dev by embedding cosine "
         f"{fmt(up_metrics.get('spearman_cosine'))}). Transfers: `pofa-downstream` with {args.steps[0]} + "

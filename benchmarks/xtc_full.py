@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--marker", action="append", default=[], metavar="RECIPE=VALUE",
                    help="a point at epoch 2 on the curve (e.g. an earlier 2-epoch result)")
     p.add_argument("--note", default="", help="a paragraph appended to the section")
-    p.add_argument("--results", default=None, help="RESULTS.md to update (default benchmarks/RESULTS.md)")
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"), help="markdown file whose section is replaced ('' to print only)")
     return p.parse_args(argv)
 
 
@@ -231,6 +231,22 @@ def section(args, table_rows: list[dict], teacher: float, teacher_bytes: int, pn
     return "\n".join(lines) + "\n"
 
 
+def shown_command(script: str, argv: list[str]) -> str:
+    """The command line as run, without the ``--note`` text (it is printed under the table)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--note":
+            skip = True
+            continue
+        if a.startswith("--note="):
+            continue
+        out.append(a)
+    return " ".join(["python", script, *out])
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.table_only:
@@ -241,8 +257,8 @@ def main(argv=None) -> int:
     table_rows, teacher, teacher_bytes = rows(args)
     png = REPO / "benchmarks" / f"xtc_full_{args.task}.png"
     plot(args, table_rows, teacher, png)
-    command = "python benchmarks/xtc_full.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    body = section(args, table_rows, teacher, teacher_bytes, png, command.strip())
+    command = shown_command("benchmarks/xtc_full.py", argv if argv is not None else sys.argv[1:])
+    body = section(args, table_rows, teacher, teacher_bytes, png, command)
     print(body)
     publish(body, args.results, f"xtc_full_{args.task}")
     return 0

@@ -49,8 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--steps", nargs=2, type=int, default=[150, 50], metavar=("FINETUNE", "QAT"),
                    help="optimizer steps of the two downstream stages (the recipe says 3 + 1 epochs)")
+    p.add_argument("--down-prefix", default="down-", help="transfer runs are runs/PREFIX + task")
     p.add_argument("--run", action="store_true", help="train the runs that are missing")
     p.add_argument("--note", default="")
+    p.add_argument("--section", default="pofa_transfer", help="RESULTS section to replace")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"), help="markdown file whose section is replaced ('' to print only)")
     return p.parse_args(argv)
 
@@ -72,7 +74,7 @@ def train_missing(args) -> None:
     cb = [sys.executable, "-m", "compactbert"]
     ft, qat = args.steps
     for task in args.tasks:
-        down, dense = REPO / "runs" / f"down-{task}", REPO / "runs" / f"dense200-{task}"
+        down, dense = REPO / "runs" / f"{args.down_prefix}{task}", REPO / "runs" / f"dense200-{task}"
         if not (down / "model").is_dir():
             subprocess.check_call(cb + ["compress", "pofa-downstream", "--model", args.upstream, "--teacher",
                                         teachers(args)[task], "--task", task, *data_args(args, task), "--out", str(down),
@@ -160,7 +162,7 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for task in args.tasks:
-        down, dense = REPO / "runs" / f"down-{task}", REPO / "runs" / f"dense200-{task}"
+        down, dense = REPO / "runs" / f"{args.down_prefix}{task}", REPO / "runs" / f"dense200-{task}"
         t, d, s = metric_of(REPO / teachers(args)[task], task), metric_of(dense, task), metric_of(down, task)
         kept, _, sp = mask_kept(upstream, down) if (down / "model").is_dir() else (None, None, None)
         lines.append(
@@ -171,7 +173,7 @@ def main(argv=None) -> int:
         lines += ["", args.note]
     body = "\n".join(lines) + "\n"
     print(body)
-    publish(body, args.results, "pofa_transfer")
+    publish(body, args.results, args.section)
     return 0
 
 

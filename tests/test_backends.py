@@ -273,3 +273,17 @@ def test_onnxruntime_graph_is_fused_and_computes_what_the_plain_graph_computes(t
         torch.testing.assert_close(outs[True], outs[False], atol=2e-5, rtol=0)
     pm = load(tmp_path, backend="onnxruntime", threads=1)
     assert "MultiHeadAttention" in {n.op_type for n in pm.encoder.session("logits").graph.model.graph.node}
+
+
+def test_probe_times_one_short_sentence_at_batch_1_and_long_rows_at_batch_8(tmp_path):
+    """The batch-1 probe is what single calls carry (a short sentence), the batch-8 probe long rows;
+    both capped at the model's positions, and the selection line says which lengths were timed."""
+    from compactbert.runtime import engines
+
+    export_packed(compressed("bert"), None, tmp_path, float_dtype="float32")
+    pm = load(tmp_path, threads=1)
+    pos = pm.encoder.max_positions
+    shapes = [tuple(b[0].shape) for b in engines._probe_batches(pm)]
+    assert shapes == [(1, min(32, pos)), (8, min(128, pos))]
+    auto = load(tmp_path, backend="auto", threads=1)
+    assert f"t(bs1, {min(32, pos)} tokens) / t(bs8, {min(128, pos)} tokens)/8" in auto.selection

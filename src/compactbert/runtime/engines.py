@@ -19,7 +19,8 @@ default for this CPU, bf16 on AMX CPUs, f32 elsewhere; ``dtype`` forces one).
 
 ``backend="auto"`` builds every available candidate (compactbert's runtime, ONNX Runtime, OpenVINO
 when installed), times each on a short probe (:func:`probe_times`: batch 1 and batch 8 of
-``min(128, positions)`` random tokens, 3 interleaved rounds, medians), and keeps the fastest at
+:data:`PROBE_TOKENS` random tokens: a short single sentence, a batch of long rows; 3 interleaved
+rounds, medians), and keeps the fastest at
 batch 1 for batches of up to :data:`ROUTE_MAX_ROWS` rows and the fastest per row at batch 8 for
 larger ones (one model when they are the same; a :class:`RoutedEncoder` when not: on AVX2 CPUs ONNX
 Runtime wins single sentences and compactbert's runtime wins batches for some models). ``describe()``
@@ -292,11 +293,15 @@ def _dropped_agreement(model, packed) -> str:
 
 
 ROUTE_MAX_ROWS = 2  # with backend="auto", batches of at most this many rows go to the batch-1 winner
+# Tokens per probe row: batch 1 as a single short sentence (what single calls mostly carry; measured:
+# a batch-1 probe at 128 tokens sent a 3-layer W8A8 embedding model's single sentences to the engine
+# that is 2.6x slower on real STS-B sentences), batch 8 as long rows (what throughput is about).
+# Capped at the model's positions.
+PROBE_TOKENS = {1: 32, 8: 128}
 
 
 def _probe_batches(model) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    seq = min(128, model.encoder.max_positions)
-    return [_random_rows(model, n, seq, seed=n) for n in (1, 8)]
+    return [_random_rows(model, n, min(PROBE_TOKENS[n], model.encoder.max_positions), seed=n) for n in (1, 8)]
 
 
 def _probe_call(model, b) -> float:
@@ -309,7 +314,7 @@ def _probe_call(model, b) -> float:
 
 def probe_times(models: dict[str, Any], reps: int = 3) -> dict[str, tuple[float, float]]:
     """``{name: (t(batch 1), t(batch 8) / 8)}`` in seconds, each the median of ``reps`` rounds on
-    ``min(128, positions)`` random tokens. Rounds are interleaved (every model once per round, A B
+    random tokens (:data:`PROBE_TOKENS` per row, capped at the model's positions). Rounds are interleaved (every model once per round, A B
     C A B C ...) so that a burst of load elsewhere hits all candidates alike; one untimed call of
     each batch first."""
     batches = {name: _probe_batches(m) for name, m in models.items()}
@@ -385,7 +390,8 @@ def pick_fastest(own, packed, tokenizer, threads: int | None = None, act_quant: 
     parts = [f"{n} {1e3 * times[n][0]:.2f} / {1e3 * times[n][1]:.2f} ms"
              + (f" (max |dlogit| {diffs[n]:.2g})" if n != "compactbert" else "")
              for n in sorted(times, key=lambda n: sum(times[n]))]
-    probe = (f"probe t(bs1) / t(bs8)/8 at {min(128, own.encoder.max_positions)} tokens, median of 3 interleaved "
+    n1, n8 = (min(PROBE_TOKENS[n], own.encoder.max_positions) for n in (1, 8))
+    probe = (f"probe t(bs1, {n1} tokens) / t(bs8, {n8} tokens)/8, median of 3 interleaved "
              "rounds: " + ", ".join(parts))
     if best1 == best8:
         chosen = candidates[best1]

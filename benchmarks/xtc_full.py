@@ -26,8 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +43,10 @@ RECIPES = ["xtc-ternary", "xtc-binary", "xtc-layer-reduction-binary"]
 # the main dev metric of each task, and how it is shown (x100)
 METRIC = {"stsb": "spearman", "sst2": "accuracy"}
 # targets the issue holds the recipes to: points below the teacher
+# the largest file a lent machine hands back is 16 MiB: a bigger bundle leaves the packed weights behind
+MAX_BUNDLE_BYTES = 15 * 2**20
+# a finished run is exported and its packed model evaluated only with this much time left before --deadline
+PACK_SECONDS = 90.0
 TARGETS = {"xtc-ternary": 0.5, "xtc-binary": 1.0, "xtc-layer-reduction-binary": 2.0}
 
 
@@ -54,10 +60,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="recipes trained side by side, one thread each")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="extra --set for every run (the schedule stays the recipe's unless you change it)")
+    p.add_argument("--set-for", nargs=2, action="append", default=[], metavar=("RECIPE", "KEY=VALUE"),
+                   help="a --set for one recipe only (e.g. aq-bert stages.0.epochs=9: its 3+3 epochs to 18 in all)")
+    p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                   help="stop the runs still training this many seconds after the start (they stay resumable from "
+                        "their last epoch checkpoint); for a machine lent for a fixed time")
+    p.add_argument("--bundle", default=None, metavar="DIR",
+                   help="after training, one RUN.tar.gz per run in DIR with everything but the FP32 model and the "
+                        "checkpoints (curves, logs, eval, size, the packed model): to carry runs off a lent machine")
+    p.add_argument("--no-table", action="store_true", help="train (and bundle) only; make the table elsewhere")
+    p.add_argument("--extra", action="append", default=[], metavar="LABEL=RUN_DIR",
+                   help="a further row (a variant run, e.g. binary=runs/x with float embeddings), below the recipes")
+    p.add_argument("--compare-prefix", default=None, metavar="PREFIX",
+                   help="the same recipes under another prefix (e.g. runs trained on another machine): dashed curves")
+    p.add_argument("--compare-label", default="CPU", help="how the --compare-prefix runs are named in the plot")
     p.add_argument("--table-only", action="store_true", help="read the runs, train nothing")
     p.add_argument("--marker", action="append", default=[], metavar="RECIPE=VALUE",
                    help="a point at epoch 2 on the curve (e.g. an earlier 2-epoch result)")
-    p.add_argument("--note", default="", help="a paragraph appended to the section")
+    p.add_argument("--note", default="", help="a paragraph appended to the section (@FILE: read from FILE)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"), help="markdown file whose section is replaced ('' to print only)")
     return p.parse_args(argv)
 
@@ -67,8 +87,12 @@ def run_dir(args, recipe: str) -> Path:
     return Path(prefix + recipe)
 
 
-def train(args, recipe: str) -> int:
-    """Start or continue one run (``--resume`` when its directory exists); its log next to it."""
+def train(args, recipe: str, deadline: float | None = None) -> int:
+    """Start or continue one run (``--resume`` when its directory exists); its log next to it.
+
+    ``deadline`` (a ``time.monotonic()`` value): the run is stopped then if still training (SIGTERM,
+    then SIGKILL); what it wrote stays (metrics to its last evaluation, checkpoints to its last epoch).
+    """
     out = run_dir(args, recipe)
     info = read_json(out / "run.json")
     if info.get("status") == "done":
@@ -76,16 +100,94 @@ def train(args, recipe: str) -> int:
     steps = epoch_steps(args)  # (later stages evaluate at each epoch's end by default: the same)
     cmd = [sys.executable, "-m", "compactbert", "compress", recipe, "--teacher", args.teacher, "--task", args.task,
            "--data", args.data, "--out", str(out), "--no-progress", "--set", f"stages.0.eval_every={steps}"]
-    for o in args.overrides:
+    for o in args.overrides + [kv for r, kv in args.set_for if r == recipe]:
         cmd += ["--set", o]
     if out.exists():
         cmd.append("--resume")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out.parent.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"{out.name}.log"
     with log.open("a") as f:
-        f.write(f"\n$ {' '.join(cmd)}  # {datetime.now().isoformat(timespec='seconds')}\n")
+        f.write(f"\n$ {' '.join(cmd)}  # {datetime.now().isoformat(timespec='seconds')} on {where()}\n")
         f.flush()
-        return subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        code = wait_until(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO), deadline)
+        if code is None:
+            f.write(f"\n# stopped at the deadline ({args.deadline:g} s), {datetime.now().isoformat(timespec='seconds')}\n")
+            return 0
+    if code == 0 and read_json(out / "run.json").get("status") == "done":
+        if deadline is None or deadline - time.monotonic() > PACK_SECONDS:
+            pack(args, out)
+        if args.bundle:  # now, so that it is there even if the machine is taken back before the others end
+            bundle(args, recipe)
+    return code
+
+
+def pack(args, out: Path) -> None:
+    """A finished run's packed directory (``compactbert export``), its bytes and its dev metric
+    through compactbert's runtime (``packed_eval.json``), made where the run trained: the FP32
+    model it is made from stays there when the run is carried off a lent machine."""
+    from compactbert.bench.result import model_bytes
+
+    if not (out / "packed").is_dir():
+        subprocess.call([sys.executable, "-m", "compactbert", "export", str(out), "--out", str(out / "packed")], cwd=REPO)
+    if (out / "packed").is_dir():
+        (out / "packed_bytes.json").write_text(json.dumps({"bytes": model_bytes(out / "packed")[0]}) + "\n")
+        packed_metric(args, out, METRIC[args.task])
+
+
+def wait_until(proc: subprocess.Popen, deadline: float | None) -> int | None:
+    """``proc``'s exit code, or None when it was still running at ``deadline`` (``time.monotonic()``)
+    and was stopped then: SIGTERM, and SIGKILL 20 s later."""
+    try:
+        return proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return None
+
+
+def where() -> str:
+    """The machine a run trains on, for its log and the table: the GPU when torch sees one, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}, torch {torch.__version__})"
+    return cpu_name()
+
+
+def bundle(args, recipe: str) -> Path | None:
+    """``BUNDLE/RUN.tar.gz``: the run without its FP32 model and checkpoints, plus its log."""
+    import tarfile
+
+    out = run_dir(args, recipe)
+    if not out.is_dir():
+        return None
+    dest = Path(args.bundle) / f"{out.name}.tar.gz"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(with_weights: bool) -> None:
+        def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+            parts = Path(info.name).parts
+            if (len(parts) > 1 and parts[1] == "model") or any(p.startswith("checkpoint") for p in parts):
+                return None
+            if info.name.endswith(".safetensors"):  # FP32 stage models stay; the packed weights come when they fit
+                return info if with_weights and len(parts) > 1 and parts[1] == "packed" else None
+            return info
+
+        with tarfile.open(dest, "w:gz") as tar:
+            tar.add(out, arcname=out.name, filter=keep)
+            log = out.parent / f"{out.name}.log"
+            if log.is_file():
+                tar.add(log, arcname=log.name)
+
+    write(with_weights=True)
+    if dest.stat().st_size > MAX_BUNDLE_BYTES:  # what a lent machine hands back per file: keep the numbers
+        write(with_weights=False)
+    return dest
 
 
 def epoch_steps(args) -> int:
@@ -145,38 +247,86 @@ def recipe_epochs(out: Path, recipe_name: str) -> list[float]:
         return []
 
 
+def run_status(out: Path) -> str:
+    """done / in progress (resumable) / stopped (its checkpoints stayed where it trained) / not started."""
+    status = read_json(out / "run.json").get("status")
+    if status != "running":
+        return status or "not started"
+    if any((out / "stages").glob("*/checkpoint*")):
+        return "in progress (resumable)"
+    return "stopped: checkpoints stayed on the machine it trained on"
+
+
+def row(args, label: str, out: Path, metric: str) -> dict:
+    from compactbert.bench.result import model_bytes
+
+    points, done, wall = curve(out, metric)
+    size = read_json(out / "size.json")
+    packed_bytes = read_json(out / "packed_bytes.json").get("bytes") or (
+        model_bytes(out / "packed")[0] if (out / "packed" / "manifest.json").is_file() else None)
+    return {
+        "recipe": label, "out": out, "points": points, "done": done, "planned": recipe_epochs(out, label), "wall": wall,
+        "where": ran_on(out), "status": run_status(out), "last": points[-1][1] if points else None,
+        "best": max((p[1] for p in points), default=None), "packed": packed_metric(args, out, metric),
+        # the packed directory's bytes; else what `compactbert size` predicted for it (marked ~)
+        "bytes": packed_bytes or size.get("predicted_files_bytes"), "predicted": not packed_bytes,
+    }
+
+
 def rows(args) -> tuple[list[dict], float, int]:
     from compactbert.bench.result import model_bytes
 
     metric = METRIC[args.task]
     teacher_bytes = model_bytes(Path(args.teacher) / "model")[0]
     teacher = 100 * float((read_json(Path(args.teacher) / "eval.json").get("metrics") or {}).get(metric, "nan"))
-    out_rows = []
-    for recipe in args.recipes:
-        out = run_dir(args, recipe)
-        points, done, wall = curve(out, metric)
-        planned = recipe_epochs(out, recipe)
-        info = read_json(out / "run.json")
-        out_rows.append({
-            "recipe": recipe, "out": out, "points": points, "done": done, "planned": planned, "wall": wall,
-            "status": {"running": "in progress (resumable)"}.get(info.get("status"), info.get("status", "not started")), "last": points[-1][1] if points else None,
-            "best": max((p[1] for p in points), default=None), "packed": packed_metric(args, out, metric),
-            "bytes": model_bytes(out / "packed")[0] if (out / "packed").is_dir() else None,
-        })
+    out_rows = [row(args, recipe, run_dir(args, recipe), metric) for recipe in args.recipes]
+    for spec in args.extra:
+        label, _, path = spec.partition("=")
+        out_rows.append({**row(args, label, Path(path), metric), "extra": True})
     return out_rows, teacher, teacher_bytes
 
 
-def plot(args, table_rows: list[dict], teacher: float, path: Path) -> None:
+def compare_rows(args) -> list[dict]:
+    """The same recipes under ``--compare-prefix`` (e.g. the CPU runs beside GPU ones): curves only."""
+    if not args.compare_prefix:
+        return []
+    metric = METRIC[args.task]
+    return [row(args, r, Path(args.compare_prefix + r), metric) for r in args.recipes]
+
+
+def ran_on(out: Path) -> str:
+    """Where a run trained: the machines its log names (one per start or continuation)."""
+    log = out.parent / f"{out.name}.log"
+    seen: list[str] = []
+    if log.is_file():
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("$ "):
+                host = line.split("  # ", 1)[-1].partition(" on ")[2].strip() or "CPU"
+                host = "CPU" if not host.startswith(("NVIDIA", "Tesla")) and host != "CPU" and "CUDA" not in host else host
+                if host not in seen:
+                    seen.append(host)
+    return ", ".join(seen) or "-"
+
+
+def plot(args, table_rows: list[dict], teacher: float, path: Path, compare: list[dict] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for r in table_rows:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colour = {}
+    for i, r in enumerate(table_rows):
+        colour[r["recipe"]] = f"C{i % 10}"
         if r["points"]:
             xs, ys = zip(*r["points"])
-            ax.plot(xs, ys, marker=".", label=r["recipe"])
+            style = dict(linestyle=":", marker="x", markersize=3) if r.get("extra") else dict(marker=".")
+            ax.plot(xs, ys, color=colour[r["recipe"]], label=r["recipe"], **style)
+    for r in compare or []:
+        if r["points"]:
+            xs, ys = zip(*r["points"])
+            ax.plot(xs, ys, color=colour.get(r["recipe"], "k"), linestyle="--", linewidth=1, alpha=0.7,
+                    label=f"{r['recipe']} ({args.compare_label})")
     for m in args.marker:
         recipe, value = m.split("=", 1)
         ax.scatter([2.0], [float(value)], marker="*", s=120, zorder=5, label=f"{recipe}: 2-epoch run")
@@ -185,7 +335,7 @@ def plot(args, table_rows: list[dict], teacher: float, path: Path) -> None:
     ax.set_ylabel(f"dev {METRIC[args.task]} x100")
     ax.set_title(f"XTC recipes on {args.task.upper()} at their own schedules")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -195,39 +345,47 @@ def fmt(v, spec=".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def section(args, table_rows: list[dict], teacher: float, teacher_bytes: int, png: Path, command: str) -> str:
+def section(args, table_rows: list[dict], teacher: float, teacher_bytes: int, png: Path, command: str,
+            compare: list[dict] | None = None) -> str:
     metric = METRIC[args.task]
     lines = [
         f"## XTC at the recipes' full schedules on {args.task.upper()} (`benchmarks/xtc_full.py`, issue 14)",
         "",
-        f"Updated {datetime.now():%Y-%m-%d %H:%M} on {cpu_name()}; every run on the CPU, one thread each, "
-        f"{args.jobs} side by side. Command: `{command}`.",
+        f"Updated {datetime.now():%Y-%m-%d %H:%M}; CPU here: {cpu_name()}. Each run trains in its own process "
+        "(one CPU thread each), several side by side on one machine: 'ran on' names it, and 'wall h' is the run's own "
+        f"training time there while sharing it. Command: `{command}`.",
         f"Teacher `{args.teacher}`: dev {metric} {teacher:.2f}. Dev {metric} x100 of the training-time model "
         "after each epoch (FP32); 'packed' is the packed directory through compactbert's runtime, once a run is done. "
         "Target: points below the teacher the issue holds each recipe to. "
-        f"x smaller: the teacher's FP32 model files ({teacher_bytes:,} bytes) over the packed directory's.",
+        f"x smaller: the teacher's FP32 model files ({teacher_bytes:,} bytes) over the packed directory's "
+        "(~: no packed directory came back; the size `compactbert size` predicts for it).",
         "",
-        "| recipe | epochs done / planned | last dev | best dev | packed | Δ vs teacher (last) | target | packed bytes | x smaller | wall h | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| recipe | epochs done / planned | last dev | best dev | packed | Δ vs teacher (last) | target | packed bytes | x smaller | wall h | ran on | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table_rows:
         done = " + ".join(f"{e:g}" for e in r["done"]) or "0"
         planned = " + ".join(f"{e:g}" for e in r["planned"]) or "?"
         delta = None if r["last"] is None else r["last"] - teacher
         target = TARGETS.get(r["recipe"])
-        size = "-" if not r["bytes"] else f"{int(r['bytes']):,} | {teacher_bytes / r['bytes']:.1f}x"
+        approx = "~" if r.get("predicted") else ""
+        size = "-" if not r["bytes"] else f"{approx}{int(r['bytes']):,} | {approx}{teacher_bytes / r['bytes']:.1f}x"
         size = size if r["bytes"] else "- | -"
         lines.append(
             f"| {r['recipe']} | {done} / {planned} | {fmt(r['last'])} | {fmt(r['best'])} | {fmt(r['packed'])} | "
             f"{fmt(delta, '+.2f')} | {'-' if target is None else f'-{target:g}'} | "
             f"{size} | "
-            f"{r['wall'] / 3600:.2f} | {r['status']} |")
+            f"{r['wall'] / 3600:.2f} | {r['where']} | {r['status']} |")
     lines += ["", f"![learning curves]({png.name})", ""]
     for r in table_rows:
         if r["points"]:
             lines.append(f"- `{r['recipe']}` per epoch: " + " -> ".join(f"{y:.1f}" for _, y in r["points"]))
+    for r in compare or []:
+        if r["points"]:
+            lines.append(f"- `{r['recipe']}` ({args.compare_label}, `{r['out']}`, {r['status']}, {r['where']}) per epoch: "
+                         + " -> ".join(f"{y:.1f}" for _, y in r["points"]))
     if args.note:
-        lines += ["", args.note]
+        lines += ["", Path(args.note[1:]).read_text().strip() if args.note.startswith("@") else args.note]
     return "\n".join(lines) + "\n"
 
 
@@ -244,21 +402,28 @@ def shown_command(script: str, argv: list[str]) -> str:
         if a.startswith("--note="):
             continue
         out.append(a)
-    return " ".join(["python", script, *out])
+    return shlex.join(["python", script, *out])
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.table_only:
+        deadline = None if args.deadline is None else time.monotonic() + args.deadline
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            codes = list(pool.map(lambda r: train(args, r), args.recipes))
+            codes = list(pool.map(lambda r: train(args, r, deadline), args.recipes))
         if any(codes):
             print(f"some runs failed (exit codes {codes}); see runs/*.log", file=sys.stderr)
+    if args.bundle:
+        for recipe in args.recipes:
+            print("bundled:", bundle(args, recipe))
+    if args.no_table:
+        return 0
     table_rows, teacher, teacher_bytes = rows(args)
+    compare = compare_rows(args)
     png = REPO / "benchmarks" / f"xtc_full_{args.task}.png"
-    plot(args, table_rows, teacher, png)
+    plot(args, table_rows, teacher, png, compare)
     command = shown_command("benchmarks/xtc_full.py", argv if argv is not None else sys.argv[1:])
-    body = section(args, table_rows, teacher, teacher_bytes, png, command)
+    body = section(args, table_rows, teacher, teacher_bytes, png, command, compare)
     print(body)
     publish(body, args.results, f"xtc_full_{args.task}")
     return 0

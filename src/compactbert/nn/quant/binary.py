@@ -33,7 +33,7 @@ class BinaryQuantizer(RowLevelQuantizer):
         scales = fp16_values(row_mean(w.abs()))  # (rows, 1)
         # sign with sign(0) = +1: ``w + 0.0`` turns -0.0 into +0.0, copysign takes the sign bit.
         # (Float-only ops: on CPU, comparisons to bool and torch.where are 4-8x slower.)
-        return torch.copysign(torch.ones((), dtype=w.dtype), w + 0.0), scales
+        return torch.copysign(torch.ones((), dtype=w.dtype, device=w.device), w + 0.0), scales
 
     def to_codes(self, levels):
         return (levels + 1.0) * 0.5

@@ -162,7 +162,7 @@ class IntQuantizer(IntRange, WeightQuantizer):
             # round the step up to the next fp16 value where fp16 rounding went down, so that the
             # largest weight is not clipped (and keeps its gradient) at the start
             exact = (w.detach().float().reshape(r, g, s).abs().amax(dim=2, keepdim=True) / self.qmax)
-            up = torch.nextafter(scale.half(), torch.tensor(float("inf"), dtype=torch.half)).float()
+            up = torch.nextafter(scale.half(), torch.tensor(float("inf"), dtype=torch.half, device=scale.device)).float()
             scale = torch.where(scale < exact, up, scale)
         self.step = nn.Parameter(scale.clone())
         self.zero_point = zp.clone() if zp is not None else None

@@ -1,0 +1,127 @@
+"""benchmarks/xtc_full.py: what carries a run off a lent machine (deadline, bundle) and how the
+table says where a run trained and whether it can go on."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import xtc_full  # noqa: E402
+
+
+def fake_run(root: Path, name: str = "gpu-stsb-xtc-binary", packed_bytes: int = 1000) -> Path:
+    """A finished run directory as `compactbert compress` + export leave it, with a log beside it."""
+    out = root / name
+    for d in ["model", "packed/tokenizer", "stages/0-binary-kd/checkpoint", "stages/0-binary-kd/model"]:
+        (out / d).mkdir(parents=True)
+    (out / "model" / "model.safetensors").write_bytes(b"0" * 5000)  # FP32 model: never carried
+    (out / "stages/0-binary-kd/model/model.safetensors").write_bytes(b"1" * 5000)
+    (out / "stages/0-binary-kd/checkpoint/optimizer.pt").write_bytes(b"2" * 5000)
+    (out / "stages/0-binary-kd/metrics.jsonl").write_text(
+        json.dumps({"step": 180, "epoch": 1.0, "metrics": {"spearman": 0.5}, "elapsed": 12.0}) + "\n")
+    (out / "packed/model.safetensors").write_bytes(random.Random(0).randbytes(packed_bytes))  # incompressible
+    (out / "packed/manifest.json").write_text("{}")
+    (out / "eval.json").write_text(json.dumps({"metrics": {"spearman": 0.5}}))
+    (out / "run.json").write_text(json.dumps({"status": "done"}))
+    (root / f"{name}.log").write_text(
+        f"\n$ python -m compactbert compress xtc-binary --out {out}  # 2026-11-30T22:54:31 on NVIDIA H200 (CUDA 13.0)\n"
+        "step 180/3240  epoch 1.00\n")
+    return out
+
+
+def args_for(tmp_path: Path, *extra: str):
+    return xtc_full.parse_args(["--task", "stsb", "--teacher", str(tmp_path / "t"), "--prefix", str(tmp_path / "gpu-stsb-"),
+                                "--recipes", "xtc-binary", "--bundle", str(tmp_path / "out"), *extra])
+
+
+def members(path: Path) -> set[str]:
+    with tarfile.open(path) as tar:
+        return set(tar.getnames())
+
+
+def test_bundle_carries_curves_logs_and_packed_weights_but_no_fp32_model_or_checkpoint(tmp_path):
+    fake_run(tmp_path)
+    dest = xtc_full.bundle(args_for(tmp_path), "xtc-binary")
+    names = members(dest)
+    run = "gpu-stsb-xtc-binary"
+    assert {f"{run}/packed/model.safetensors", f"{run}/stages/0-binary-kd/metrics.jsonl", f"{run}/eval.json",
+            f"{run}/run.json", f"{run}.log"} <= names
+    assert not any(n.startswith(f"{run}/model") for n in names)
+    assert not any("checkpoint" in n for n in names)
+    assert f"{run}/stages/0-binary-kd/model/model.safetensors" not in names
+
+
+def test_a_bundle_over_the_hand_back_limit_leaves_the_packed_weights_and_keeps_the_numbers(tmp_path, monkeypatch):
+    fake_run(tmp_path, packed_bytes=200_000)
+    monkeypatch.setattr(xtc_full, "MAX_BUNDLE_BYTES", 50_000)  # random weights do not compress under it
+    names = members(xtc_full.bundle(args_for(tmp_path), "xtc-binary"))
+    assert "gpu-stsb-xtc-binary/packed/model.safetensors" not in names
+    assert {"gpu-stsb-xtc-binary/packed/manifest.json", "gpu-stsb-xtc-binary/eval.json"} <= names
+
+
+def test_wait_until_stops_a_run_at_the_deadline_and_returns_the_code_of_one_that_ends(tmp_path):
+    slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    t0 = time.monotonic()
+    assert xtc_full.wait_until(slow, time.monotonic() + 0.5) is None
+    assert slow.poll() is not None and time.monotonic() - t0 < 30
+    quick = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    assert xtc_full.wait_until(quick, time.monotonic() + 60) == 3
+    assert xtc_full.wait_until(subprocess.Popen([sys.executable, "-c", "pass"]), None) == 0
+
+
+def test_status_says_whether_a_stopped_run_can_be_continued_here(tmp_path):
+    out = fake_run(tmp_path)
+    assert xtc_full.run_status(out) == "done"
+    (out / "run.json").write_text(json.dumps({"status": "running"}))
+    assert xtc_full.run_status(out) == "in progress (resumable)"
+    (out / "stages/0-binary-kd/checkpoint/optimizer.pt").unlink()
+    (out / "stages/0-binary-kd/checkpoint").rmdir()  # as a bundle brings it back: no checkpoint
+    assert xtc_full.run_status(out).startswith("stopped")
+    assert xtc_full.run_status(tmp_path / "nothing") == "not started"
+
+
+def test_ran_on_names_each_machine_a_run_trained_on_once(tmp_path):
+    out = fake_run(tmp_path)
+    log = tmp_path / f"{out.name}.log"
+    log.write_text(log.read_text() + "\n$ python -m compactbert compress ... --resume  # 2026-12-01T10:00:00 on AMD EPYC (AVX2)\n"
+                   "\n$ python -m compactbert compress ... --resume  # 2026-12-01T11:00:00 on NVIDIA H200 (CUDA 13.0)\n")
+    assert xtc_full.ran_on(out) == "NVIDIA H200 (CUDA 13.0), CPU"
+    assert xtc_full.ran_on(tmp_path / "nothing") == "-"
+
+
+def test_per_recipe_overrides_reach_only_their_recipe(tmp_path, monkeypatch):
+    seen = {}
+
+    class Proc:
+        def __init__(self, cmd, **kw):
+            seen[cmd[cmd.index("compress") + 1]] = cmd
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(xtc_full.subprocess, "Popen", Proc)
+    monkeypatch.setattr(xtc_full, "where", lambda: "test machine")
+    monkeypatch.setattr(xtc_full, "epoch_steps", lambda args: 180)
+    args = args_for(tmp_path, "--recipes", "xtc-binary", "aq-bert", "--set-for", "aq-bert", "stages.0.epochs=9",
+                    "--set", "seed=43")
+    for r in args.recipes:
+        assert xtc_full.train(args, r) == 0
+    assert "stages.0.epochs=9" in seen["aq-bert"] and "stages.0.epochs=9" not in seen["xtc-binary"]
+    assert all("seed=43" in cmd for cmd in seen.values())
+
+
+@pytest.mark.parametrize("argv,shown", [
+    (["--task", "stsb", "--extra", "binary, float embeddings=runs/x", "--note", "long text"],
+     "python benchmarks/xtc_full.py --task stsb --extra 'binary, float embeddings=runs/x'"),
+])
+def test_shown_command_can_be_pasted_back(argv, shown):
+    assert xtc_full.shown_command("benchmarks/xtc_full.py", argv) == shown

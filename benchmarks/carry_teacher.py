@@ -33,8 +33,11 @@ def main(argv=None) -> int:
     p.add_argument("src", type=Path, help="the teacher run directory (pack) or the carried folder (unpack)")
     p.add_argument("dst", type=Path, help="a new folder")
     a = p.parse_args(argv)
-    shutil.rmtree(a.dst, ignore_errors=True)
-    (a.dst / "model").mkdir(parents=True)
+    if not (a.src / WEIGHTS).is_file():
+        p.exit(2, f"error: {a.src / WEIGHTS} not found\n")
+    if a.dst.exists() and any(a.dst.iterdir()):
+        p.exit(2, f"error: {a.dst} exists and is not empty; give a new folder\n")
+    (a.dst / "model").mkdir(parents=True, exist_ok=True)
     for f in (a.src / "model").iterdir():
         if f.is_file() and f.name != "model.safetensors":
             shutil.copy2(f, a.dst / "model" / f.name)

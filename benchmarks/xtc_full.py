@@ -42,11 +42,11 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "glue"
 RECIPES = ["xtc-ternary", "xtc-binary", "xtc-layer-reduction-binary"]
 # the main dev metric of each task, and how it is shown (x100)
 METRIC = {"stsb": "spearman", "sst2": "accuracy"}
-# targets the issue holds the recipes to: points below the teacher
 # the largest file a lent machine hands back is 16 MiB: a bigger bundle leaves the packed weights behind
 MAX_BUNDLE_BYTES = 15 * 2**20
 # a finished run is exported and its packed model evaluated only with this much time left before --deadline
 PACK_SECONDS = 90.0
+# targets the issue holds the recipes to: points below the teacher
 TARGETS = {"xtc-ternary": 0.5, "xtc-binary": 1.0, "xtc-layer-reduction-binary": 2.0}
 
 
@@ -301,8 +301,8 @@ def ran_on(out: Path) -> str:
     if log.is_file():
         for line in log.read_text(errors="replace").splitlines():
             if line.startswith("$ "):
-                host = line.split("  # ", 1)[-1].partition(" on ")[2].strip() or "CPU"
-                host = "CPU" if not host.startswith(("NVIDIA", "Tesla")) and host != "CPU" and "CUDA" not in host else host
+                host = line.split("  # ", 1)[-1].partition(" on ")[2].strip()
+                host = host if "CUDA" in host else "CPU"  # where() names a GPU with its CUDA version
                 if host not in seen:
                     seen.append(host)
     return ", ".join(seen) or "-"
@@ -369,8 +369,7 @@ def section(args, table_rows: list[dict], teacher: float, teacher_bytes: int, pn
         delta = None if r["last"] is None else r["last"] - teacher
         target = TARGETS.get(r["recipe"])
         approx = "~" if r.get("predicted") else ""
-        size = "-" if not r["bytes"] else f"{approx}{int(r['bytes']):,} | {approx}{teacher_bytes / r['bytes']:.1f}x"
-        size = size if r["bytes"] else "- | -"
+        size = f"{approx}{int(r['bytes']):,} | {approx}{teacher_bytes / r['bytes']:.1f}x" if r["bytes"] else "- | -"
         lines.append(
             f"| {r['recipe']} | {done} / {planned} | {fmt(r['last'])} | {fmt(r['best'])} | {fmt(r['packed'])} | "
             f"{fmt(delta, '+.2f')} | {'-' if target is None else f'-{target:g}'} | "
@@ -413,9 +412,11 @@ def main(argv=None) -> int:
             codes = list(pool.map(lambda r: train(args, r, deadline), args.recipes))
         if any(codes):
             print(f"some runs failed (exit codes {codes}); see runs/*.log", file=sys.stderr)
-    if args.bundle:
+    if args.bundle:  # the runs that ended bundled themselves (train); the ones stopped or failed now
         for recipe in args.recipes:
-            print("bundled:", bundle(args, recipe))
+            out = run_dir(args, recipe)
+            if run_status(out) != "done" or not (Path(args.bundle) / f"{out.name}.tar.gz").is_file():
+                print("bundled:", bundle(args, recipe))
     if args.no_table:
         return 0
     table_rows, teacher, teacher_bytes = rows(args)

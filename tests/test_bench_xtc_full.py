@@ -125,3 +125,31 @@ def test_per_recipe_overrides_reach_only_their_recipe(tmp_path, monkeypatch):
 ])
 def test_shown_command_can_be_pasted_back(argv, shown):
     assert xtc_full.shown_command("benchmarks/xtc_full.py", argv) == shown
+
+
+def test_carry_teacher_round_trips_fp16_values_and_never_overwrites_a_folder(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import carry_teacher
+
+    run = tmp_path / "teacher"
+    (run / "model").mkdir(parents=True)
+    w = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    save_file({"w": w, "ids": torch.arange(3)}, str(run / "model" / "model.safetensors"))
+    (run / "model" / "config.json").write_text("{}")
+    (run / "eval.json").write_text("{}")
+    assert carry_teacher.main(["pack", str(run), str(tmp_path / "carried")]) == 0
+    assert load_file(str(tmp_path / "carried" / "model" / "model.safetensors"))["w"].dtype == torch.float16
+    assert carry_teacher.main(["unpack", str(tmp_path / "carried"), str(tmp_path / "back")]) == 0
+    back = load_file(str(tmp_path / "back" / "model" / "model.safetensors"))
+    assert back["w"].dtype == torch.float32 and torch.equal(back["w"], w.half().float())
+    assert torch.equal(back["ids"], torch.arange(3))
+    assert (tmp_path / "back" / "eval.json").is_file() and (tmp_path / "back" / "model" / "config.json").is_file()
+    keep = (tmp_path / "back" / "eval.json").read_text()
+    with pytest.raises(SystemExit) as e:  # an existing folder is theirs: refused, left as it was
+        carry_teacher.main(["unpack", str(tmp_path / "carried"), str(tmp_path / "back")])
+    assert e.value.code == 2 and (tmp_path / "back" / "eval.json").read_text() == keep
+    with pytest.raises(SystemExit) as e:
+        carry_teacher.main(["pack", str(tmp_path / "nothing"), str(tmp_path / "new")])
+    assert e.value.code == 2 and not (tmp_path / "new").exists()

@@ -13,3 +13,18 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Teacher-output caches (distillation's ``cache_teacher``) go to a folder of this session, not
+    the user's ``~/.cache``."""
+    import os
+
+    before = os.environ.get("COMPACTBERT_CACHE")
+    os.environ["COMPACTBERT_CACHE"] = str(tmp_path_factory.mktemp("compactbert-cache"))
+    yield
+    if before is None:
+        os.environ.pop("COMPACTBERT_CACHE", None)
+    else:
+        os.environ["COMPACTBERT_CACHE"] = before

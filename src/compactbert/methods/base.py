@@ -35,7 +35,7 @@ What a method can ask of the loop (all through :class:`TrainState` or a declarat
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -63,6 +63,8 @@ class TrainState:
     metrics: dict[str, float] | None = None  # the latest evaluation's metrics
     heldout_batches: Iterator[dict[str, torch.Tensor]] | None = None  # see heldout_fraction()
     evaluation_requested: bool = False  # set by request_evaluation(), cleared by the loop
+    features: Sequence[dict] | None = None  # the training examples (encoded) the batches are drawn from
+    batch_index: list[int] | None = None  # which of ``features`` ``batch`` holds, in its row order
 
     def request_evaluation(self) -> None:
         """Ask the loop to evaluate on the dev set after the current step (see module docstring)."""

@@ -38,12 +38,18 @@ How this method meets the loop (see :mod:`compactbert.methods.base`):
   ``torch.no_grad`` and returns ``(1 - alpha) * kd``. The teacher runs inside whatever autocast the
   loop's forward uses (bf16 when the run's ``bf16`` is on); ``teacher_bf16: true`` / ``false``
   forces bf16 autocast on / off for the teacher alone.
+* With ``cache_teacher`` (``auto`` on a CPU for stages of two epochs or more), ``attach`` computes
+  the teacher's outputs for every training example once (or finds them computed by an earlier run)
+  and ``loss`` reads the batch's back instead of running the teacher
+  (:mod:`compactbert.methods.teacher_cache`).
 * ``task_loss_weight`` (= ``alpha``) is the factor the loop applies to its task loss.
 """
 
 from __future__ import annotations
 
 import inspect
+import shutil
+import sys
 from typing import Any, Literal
 
 import torch
@@ -56,6 +62,7 @@ from .base import Method, TrainState
 from .layer_reduction import KEPT_LAYERS_KEY, num_layers
 
 PROJ_NAME = "_distill_proj"  # student submodule holding the width projections
+MAX_AUTO_CACHE_BYTES = 32 * 2**30  # cache_teacher: auto stays live above this
 
 
 class DistillWeights(BaseModel):
@@ -163,6 +170,11 @@ class Distillation(Method):
             ``layer_reduction`` kept, else a uniform map (:func:`uniform_layer_map`).
         teacher_bf16: force bf16 autocast on (true) or off (false) for the teacher; default (null)
             follows the loop's autocast, i.e. the run's ``bf16``.
+        cache_teacher: compute the teacher's outputs once per training example and read them back
+            at every step (:mod:`compactbert.methods.teacher_cache`; float16 on disk, shared by runs
+            with the same teacher and data). ``auto`` (default): on a CPU, for a stage of at least
+            two epochs, when the cache takes at most ``MAX_AUTO_CACHE_BYTES`` and half the free
+            disk. ``true``: always (an error when the disk is too small); ``false``: never.
     """
 
     type: Literal["distillation"] = "distillation"
@@ -178,11 +190,13 @@ class Distillation(Method):
     alpha: float = Field(0.5, ge=0, le=1)
     layer_map: list[int] | None = None
     teacher_bf16: bool | None = None
+    cache_teacher: bool | Literal["auto"] = "auto"
 
     _map: list[int] = PrivateAttr(default_factory=list)
     _teacher_keys: frozenset | None = PrivateAttr(default=None)
     _teacher_fp32: dict = PrivateAttr(default_factory=dict)  # Linear -> its own (weight, bias)
     _states_for_sentence: bool = PrivateAttr(default=False)  # a model with a head: pool hidden_states[-1]
+    _cache: Any = PrivateAttr(default=None)  # a TeacherCache, when the teacher's outputs are cached
 
     @model_validator(mode="after")
     def _some_term(self) -> "Distillation":
@@ -264,6 +278,51 @@ class Distillation(Method):
             self._teacher_keys = frozenset(n for n, p in params.items() if p.kind in named)
         except (TypeError, ValueError):
             self._teacher_keys = None
+        self._cache = self._open_cache(state)
+
+    def _cached_fields(self, teacher: torch.nn.Module) -> list[str]:
+        """The teacher outputs the loss terms read (what a cache must hold)."""
+        kw = self.forward_kwargs()
+        w = self.weights
+        fields = ["logits"] if w.logits > 0 else []
+        fields += ["hidden_states"] if kw.get("output_hidden_states") else []
+        fields += ["attentions"] if kw.get("output_attentions") else []
+        if not _has_head(teacher) and (w.sentence > 0 or w.cls > 0):
+            fields.append("last_hidden_state")
+        return fields
+
+    def _open_cache(self, state: TrainState) -> Any:
+        """The stage's TeacherCache, or None when the teacher runs live (see ``cache_teacher``)."""
+        from ..data.batching import Collator
+        from ..train.evaluate import forward_names, pad_id_of
+        from .teacher_cache import TeacherCache, cache_root, estimate_bytes
+
+        if self.cache_teacher is False or not state.features or not state.steps_per_epoch:
+            return None
+        auto = self.cache_teacher == "auto"
+        if auto and (state.device.type != "cpu" or state.total_steps < 2 * state.steps_per_epoch):
+            return None
+        teacher = state.teacher
+        fields = self._cached_fields(teacher)
+        size = estimate_bytes(teacher, fields, [len(f["input_ids"]) for f in state.features])
+        root = cache_root()
+        existing = next(p for p in (root, *root.parents) if p.exists())
+        free = shutil.disk_usage(existing).free
+        if size > free // 2 or (auto and size > MAX_AUTO_CACHE_BYTES):
+            why = (f"the teacher's outputs would take {size / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free in {root}")
+            if auto:
+                print(f"distillation: the teacher runs at every step ({why}; cache_teacher: auto)", file=sys.stderr)
+                return None
+            raise UserError(f"distillation.cache_teacher: {why}; set COMPACTBERT_CACHE to a larger disk or "
+                            "cache_teacher: false")
+        keys = forward_names(state.model) - {"labels", "label"}
+        if self._teacher_keys is not None:
+            keys &= self._teacher_keys
+        return TeacherCache.open_or_build(
+            teacher, state.features, sorted(keys), Collator(pad_id_of(state.model, state.tokenizer)),
+            self.forward_kwargs(), fields, self._teacher_autocast(state), state.device, root=root,
+            log=lambda msg: print(msg, file=sys.stderr),
+        )
 
     def _check_heads(self, student: torch.nn.Module, teacher: torch.nn.Module) -> None:
         """The logits term needs two classifiers; the sentence term pools hidden states of models with a head."""
@@ -302,6 +361,9 @@ class Distillation(Method):
         self._teacher_fp32.clear()
 
     def _teacher_outputs(self, state: TrainState) -> Any:
+        mask = (state.batch or {}).get("attention_mask")
+        if self._cache is not None and state.batch_index is not None and mask is not None:
+            return self._cache.outputs(state.batch_index, mask, state.device)
         batch = {k: v for k, v in (state.batch or {}).items() if k not in ("labels", "label")}
         if self._teacher_keys is not None:
             batch = {k: v for k, v in batch.items() if k in self._teacher_keys}
@@ -391,5 +453,6 @@ class Distillation(Method):
 
     def _finalize(self, state: TrainState) -> None:
         self._restore_teacher()
+        self._cache = None
         if hasattr(state.model, PROJ_NAME):
             delattr(state.model, PROJ_NAME)  # training-only parameters: not part of the compressed model

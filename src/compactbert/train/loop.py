@@ -332,7 +332,7 @@ class _Run:
         run.state = state = TrainState(
             model=model, teacher=teacher, total_steps=plan.total_steps, epoch=0, steps_per_epoch=plan.steps_per_epoch,
             task=spec, tokenizer=tokenizer, device=procs.device, extras={**(extras or {}), "bf16": cfg.bf16},
-            lr_schedule=LRSchedule(cfg.warmup_ratio, plan.total_steps),
+            lr_schedule=LRSchedule(cfg.warmup_ratio, plan.total_steps), features=train_features,
         )
         for m in methods:
             m.attach(state)

@@ -95,9 +95,10 @@ class Stepper:
         # A process with no example of a tiny last batch still runs (DDP needs every process in the
         # backward pass) on a stand-in example whose loss is multiplied by 0.
         weight = 1.0 if mine else 0.0
-        feats = [self.features[i] for i in (mine or global_batch[:1])]
+        index = list(mine or global_batch[:1])
+        feats = [self.features[i] for i in index]
         inputs, labels = self.batcher(feats)
-        state.batch = {**inputs, "labels": labels}
+        state.batch, state.batch_index = {**inputs, "labels": labels}, index
         for m in methods:
             m.on_step(state)
         with torch.autocast(procs.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):

@@ -5,7 +5,9 @@ For one task (``--task stsb`` or ``sst2``) and a teacher fine-tuned on it, each 
 ``compactbert compress`` run at the recipe's own schedule (18 epochs per stage), evaluated and
 checkpointed once per epoch, in ``runs/xtc-TASK-RECIPE``. ``--jobs N`` runs N recipes side by side
 at one thread each; a run that exists is continued with ``--resume`` (bit for bit), so a schedule
-of many hours is carried across sessions. The device is whatever accelerate picks (a GPU when
+of many hours is carried across sessions. On a CPU the runs read the teacher's outputs from
+distillation's cache (``cache_teacher: auto``; in ``runs/cache`` unless ``COMPACTBERT_CACHE`` says
+otherwise), computed once for all recipes and sessions: the same teacher and data, the same cache. The device is whatever accelerate picks (a GPU when
 there is one): the same command runs the long SST-2 schedules on a GPU machine.
 
 The table (``--table-only`` reads the runs without training): per recipe, the epochs done, the
@@ -47,6 +49,8 @@ MAX_BUNDLE_BYTES = 15 * 2**20
 # a finished run is exported and its packed model evaluated only with this much time left before --deadline
 PACK_SECONDS = 90.0
 # targets the issue holds the recipes to: points below the teacher
+# distillation's teacher-output cache (cache_teacher: auto on a CPU): kept with the runs, which it outlives
+CACHE = REPO / "runs" / "cache"
 TARGETS = {"xtc-ternary": 0.5, "xtc-binary": 1.0, "xtc-layer-reduction-binary": 2.0}
 
 
@@ -105,6 +109,7 @@ def train(args, recipe: str, deadline: float | None = None) -> int:
     if out.exists():
         cmd.append("--resume")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.setdefault("COMPACTBERT_CACHE", str(CACHE))
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"{out.name}.log"
     with log.open("a") as f:

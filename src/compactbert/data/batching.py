@@ -19,7 +19,9 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +29,8 @@ import torch
 from ..errors import UserError
 from .sources import Example
 
-__all__ = ["encode", "Collator", "batch_order", "restore_order", "feature_lengths", "MEGA_BATCHES"]
+__all__ = ["encode", "Collator", "batch_order", "restore_order", "feature_lengths", "MEGA_BATCHES", "forward_names",
+           "pad_id_of"]
 
 # Length grouping sorts within windows of this many batches: wide enough that neighbours have
 # similar lengths, narrow enough that each epoch still sees a different mix of batches.
@@ -232,3 +235,18 @@ def restore_order(batches: Sequence[Sequence[int]], values):
     for pos, i in enumerate(order):
         out_list[i] = values[pos]
     return out_list
+
+
+def forward_names(model: torch.nn.Module) -> set[str]:
+    """The named arguments of ``model.forward`` (used to drop inputs a model does not take, such
+    as ``token_type_ids`` for DistilBERT and RoBERTa-style models)."""
+    params = inspect.signature(model.forward).parameters.values()
+    return {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def pad_id_of(model: torch.nn.Module, tokenizer: Any = None) -> int:
+    """The tokenizer's pad id, else the model config's, else 0."""
+    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+    if pad is None:
+        pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+    return int(pad) if pad is not None else 0

@@ -293,8 +293,7 @@ class Distillation(Method):
 
     def _open_cache(self, state: TrainState) -> Any:
         """The stage's TeacherCache, or None when the teacher runs live (see ``cache_teacher``)."""
-        from ..data.batching import Collator
-        from ..train.evaluate import forward_names, pad_id_of
+        from ..data.batching import Collator, forward_names, pad_id_of
         from .teacher_cache import TeacherCache, cache_root, estimate_bytes
 
         if self.cache_teacher is False or not state.features or not state.steps_per_epoch:

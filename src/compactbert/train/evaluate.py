@@ -6,7 +6,6 @@ else calls :func:`evaluate_model`.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -14,22 +13,8 @@ import numpy as np
 import torch
 
 from .. import defaults as D
+from ..data.batching import forward_names, pad_id_of
 from ..data.tasks import TaskSpec, compute_metrics, get_task
-
-
-def forward_names(model: torch.nn.Module) -> set[str]:
-    """The named arguments of ``model.forward`` (used to drop inputs a model does not take, such
-    as ``token_type_ids`` for DistilBERT and RoBERTa-style models)."""
-    params = inspect.signature(model.forward).parameters.values()
-    return {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-
-
-def pad_id_of(model: torch.nn.Module, tokenizer: Any = None) -> int:
-    """The tokenizer's pad id, else the model config's, else 0."""
-    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
-    if pad is None:
-        pad = getattr(getattr(model, "config", None), "pad_token_id", None)
-    return int(pad) if pad is not None else 0
 
 
 def eval_batches(features: Sequence[dict], batch_size: int) -> list[list[int]]:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..data.tasks import TaskSpec
 from ..methods.base import Method, TrainState
 from . import checkpoint as ckpt_io
-from .evaluate import forward_names, pad_id_of
+from ..data.batching import forward_names, pad_id_of
 from .processes import Processes
 
 if TYPE_CHECKING:

@@ -153,3 +153,25 @@ def test_carry_teacher_round_trips_fp16_values_and_never_overwrites_a_folder(tmp
     with pytest.raises(SystemExit) as e:
         carry_teacher.main(["pack", str(tmp_path / "nothing"), str(tmp_path / "new")])
     assert e.value.code == 2 and not (tmp_path / "new").exists()
+
+
+def test_runs_keep_the_teacher_cache_with_the_runs_unless_told_where(tmp_path, monkeypatch):
+    envs = []
+
+    class Proc:
+        def __init__(self, cmd, env=None, **kw):
+            envs.append(env)
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(xtc_full.subprocess, "Popen", Proc)
+    monkeypatch.setattr(xtc_full, "where", lambda: "test machine")
+    monkeypatch.setattr(xtc_full, "epoch_steps", lambda args: 180)
+    args = args_for(tmp_path, "--recipes", "xtc-binary")
+    monkeypatch.delenv("COMPACTBERT_CACHE", raising=False)
+    xtc_full.train(args, "xtc-binary")
+    monkeypatch.setenv("COMPACTBERT_CACHE", str(tmp_path / "mine"))
+    xtc_full.train(args, "xtc-binary")
+    assert [e["COMPACTBERT_CACHE"] for e in envs] == [str(xtc_full.REPO / "runs" / "cache"), str(tmp_path / "mine")]
+    assert all(e["OMP_NUM_THREADS"] == "1" for e in envs)

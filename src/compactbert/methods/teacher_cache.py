@@ -14,7 +14,8 @@ and keeps for each example, over its real tokens only, the outputs distillation 
 * ``attentions``: (layers, heads, tokens, tokens);
 * ``last_hidden_state``: (tokens, width), for a bare encoder.
 
-They are stored as float16 (relative rounding at most 2**-11) in one memory-mapped file. At a step,
+They are stored as float16 (relative rounding at most 2**-11) in one memory-mapped file, which
+runs on the same machine share through the page cache (opening it asks the kernel to read it in). At a step,
 :meth:`TeacherCache.outputs` pads the batch's rows back to (batch, seq, ...), with zeros at the
 padding positions. Every distillation term masks those positions out, so the loss is the live
 teacher's up to that rounding.
@@ -39,6 +40,7 @@ import fcntl
 import hashlib
 import json
 import math
+import mmap
 import os
 import shutil
 import time
@@ -136,7 +138,13 @@ class TeacherCache:
         self.layout = {k: tuple(v) for k, v in meta["layout"].items()}
         self.lengths = np.load(folder / "lengths.npy")
         self.offsets = np.load(folder / "offsets.npy")
-        self.data = np.memmap(folder / "data.f16", dtype=np.float16, mode="r")
+        with open(folder / "data.f16", "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if hasattr(self._map, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
+            # every example is read once per epoch: have the kernel read the file in now, in the
+            # background, rather than one example at a time from the disk during the first epoch
+            self._map.madvise(mmap.MADV_WILLNEED)
+        self.data = np.frombuffer(self._map, dtype=np.float16)
         end = int(self.offsets[-1]) + self._example_numel(len(self.lengths) - 1)
         if self.data.size != end:
             raise RuntimeError(f"teacher cache {folder}: data holds {self.data.size} values, the index {end}")

@@ -224,3 +224,23 @@ def test_the_training_loop_reads_the_cache_and_trains_like_the_live_teacher(tmp_
     assert len(losses["auto"]) == len(losses[False]) == 2
     assert losses["auto"] != losses[False]
     assert losses["auto"] == pytest.approx(losses[False], rel=2e-3)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "meta"])
+def test_a_damaged_cache_is_computed_again_not_read(tmp_path, damage):
+    teacher, feats = tiny_bert(), features()
+    first = build(teacher, feats, tmp_path)
+    b = live_batch(feats, [7, 0])
+    expected = first.outputs([7, 0], b["attention_mask"], torch.device("cpu")).logits
+    folder = first.folder
+    del first
+    if damage == "truncate":
+        data = folder / "data.f16"
+        data.write_bytes(data.read_bytes()[:-10])
+    else:
+        (folder / "meta.json").write_text("{not json")
+    said: list[str] = []
+    again = build(teacher, feats, tmp_path, said.append)
+    assert "unreadable" in said[0] and "computing" in said[1]
+    assert again.folder == folder
+    torch.testing.assert_close(again.outputs([7, 0], b["attention_mask"], torch.device("cpu")).logits, expected)

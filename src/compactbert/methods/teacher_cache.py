@@ -183,10 +183,18 @@ class TeacherCache:
         key = _fingerprint(teacher, features, input_keys, fields, autocast)
         folder = root / "teacher-outputs" / key
         with _locked(root / "teacher-outputs" / f"{key}.lock"):
-            if not (folder / "meta.json").is_file():
-                cls._build(folder, teacher, features, input_keys, collate, forward_kwargs, fields, autocast, device, log)
-            else:
-                log(f"distillation: the teacher's outputs come from the cache {folder}")
+            if folder.exists():
+                try:
+                    cache = cls(folder)
+                    if len(cache) == len(features):
+                        log(f"distillation: the teacher's outputs come from the cache {folder}")
+                        return cache
+                    why = f"it holds {len(cache)} examples, not {len(features)}"
+                except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+                    why = f"{type(e).__name__}: {e}"
+                log(f"distillation: the cache {folder} is unreadable ({why}); computing it again")
+                shutil.rmtree(folder)
+            cls._build(folder, teacher, features, input_keys, collate, forward_kwargs, fields, autocast, device, log)
         return cls(folder)
 
     @classmethod

@@ -259,6 +259,8 @@ def run_status(out: Path) -> str:
         return status or "not started"
     if any((out / "stages").glob("*/checkpoint*")):
         return "in progress (resumable)"
+    if not any(p.stat().st_size for p in (out / "stages").glob("*/metrics.jsonl")):
+        return "started; no epoch finished yet (nothing to resume from)"
     return "stopped: checkpoints stayed on the machine it trained on"
 
 

@@ -86,6 +86,9 @@ def test_status_says_whether_a_stopped_run_can_be_continued_here(tmp_path):
     (out / "stages/0-binary-kd/checkpoint/optimizer.pt").unlink()
     (out / "stages/0-binary-kd/checkpoint").rmdir()  # as a bundle brings it back: no checkpoint
     assert xtc_full.run_status(out).startswith("stopped")
+    for m in (out / "stages").glob("*/metrics.jsonl"):
+        m.write_text("")  # a run in its first epoch: no evaluation, no checkpoint yet
+    assert xtc_full.run_status(out).startswith("started; no epoch finished")
     assert xtc_full.run_status(tmp_path / "nothing") == "not started"
 
 

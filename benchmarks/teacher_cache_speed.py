@@ -1,17 +1,21 @@
-"""What caching the teacher's outputs saves per training step (distillation's ``cache_teacher``).
+"""What a distillation training step costs, per way of running it: the teacher live or cached
+(distillation's ``cache_teacher``), FP32 or bf16 autocast.
 
 For each recipe of ``--recipes``, its first stage trains a few dozen steps through
-``compactbert compress``, once with the teacher run live at every step (``cache_teacher: false``)
-and once reading its outputs from the cache (``cache_teacher: true``). Each run is a fresh process
-at ``--threads`` threads, and the runs are interleaved in rounds (live, cached, live, cached, ...).
-Each run reports the wall time of its optimizer steps after ``--warmup`` untimed ones; the table
-shows per recipe and mode the median over rounds of the per-run median, the spread (min-max) of
-those, and the live/cached ratio (median of the per-round ratios). The cache is built before the
-first round, untimed; its size and build time are reported apart.
+``compactbert compress`` once per arm of ``--arms``. An arm is ``live`` (the teacher runs at every
+step, ``cache_teacher: false``) or ``cached`` (its outputs are read from the cache,
+``cache_teacher: true``), optionally suffixed ``-fp32`` or ``-bf16`` (the recipe's ``bf16``; without
+a suffix, the machine's default: bf16 where it is native). Each run is a fresh process at
+``--threads`` threads, and the runs are interleaved in rounds (A, B, A, B, ...). Each run reports
+the wall time of its optimizer steps after ``--warmup`` untimed ones; the table shows per recipe and
+arm the median over rounds of the per-run median, the spread (min-max) of those, and the first
+arm's time over each other arm's (median of the per-round ratios). Caches are built before the
+first round, untimed; their size and build time are reported apart.
 
 Usage::
 
     python benchmarks/teacher_cache_speed.py --teacher runs/sst2-teacher3 --task sst2 --rounds 3
+    python benchmarks/teacher_cache_speed.py --teacher runs/sst2-teacher3 --arms cached-fp32 cached-bf16
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from xtc_full import CACHE, shown_command  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "glue"
 SECTION = "teacher_cache_speed"
+PRECISION_SECTION = "train_precision_speed"  # arms that differ in precision
 FULL_STEPS = {"sst2": 37_890, "stsb": 3_240}  # 18 epochs of batch 32
 
 
@@ -47,11 +52,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=30, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=8, help="untimed steps before them")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--arms", nargs="+", type=arm, default=["live", "cached"],
+                   help="live|cached, optionally -fp32 or -bf16 (default: live cached, the machine's default precision)")
     p.add_argument("--component-batches", type=int, default=60, help="batches for the teacher-part-alone timing")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"),
                    help="markdown file whose section is replaced ('' to print only)")
     p.add_argument("--child", nargs=3, metavar=("RECIPE", "MODE", "OUT"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def arm(text: str) -> str:
+    """Validate an arm name: live|cached with an optional -fp32/-bf16."""
+    cache, dash, precision = text.partition("-")
+    if cache not in ("live", "cached") or precision not in (("fp32", "bf16") if dash else ("",)):
+        raise argparse.ArgumentTypeError(f"arm must be live or cached, optionally -fp32 or -bf16, got {text!r}")
+    return text
+
+
+def arm_settings(name: str) -> list[str]:
+    """The recipe's ``--set`` overrides for an arm, the distillation method being at ``{i}``."""
+    cache, _, precision = name.partition("-")
+    sets = [f"stages.0.methods.{{i}}.cache_teacher={'true' if cache == 'cached' else 'false'}"]
+    if precision:
+        sets.append(f"bf16={'true' if precision == 'bf16' else 'false'}")
+    return sets
 
 
 def load(recipe: str):
@@ -64,6 +88,24 @@ def load(recipe: str):
 def distillation_index(recipe: str) -> int:
     """Position of the distillation method in the recipe's first stage."""
     return next(i for i, m in enumerate(load(recipe).stages[0].methods) if m.type == "distillation")
+
+
+def child_argv(args, recipe: str, mode: str, out: Path) -> list[str]:
+    """``compactbert compress`` arguments of one timed run: the recipe's first stage cut to
+    ``--warmup + --steps`` steps, no evaluation, the arm's settings, quantizers compiled."""
+    steps_per_epoch = {"sst2": 2105, "stsb": 180}[args.task]
+    frac = (args.warmup + args.steps) / steps_per_epoch
+    argv = ["compress", recipe, "--teacher", args.teacher, "--task", args.task, "--data", args.data,
+            "--out", str(out), "--no-progress", "--set", f"stages.0.epochs={frac:.6f}",
+            "--set", f"stages.0.eval_every={10**6}"]
+    for setting in arm_settings(mode):
+        argv += ["--set", setting.format(i=distillation_index(recipe))]
+    for j, m in enumerate(load(recipe).stages[0].methods):  # quantizers compiled, as in a full-length run
+        if "compile" in type(m).model_fields:
+            argv += ["--set", f"stages.0.methods.{j}.compile=true"]
+    for later in range(1, len(load(recipe).stages)):  # later stages: as short as a stage can be
+        argv += ["--set", f"stages.{later}.epochs={1 / steps_per_epoch:.6f}"]
+    return argv
 
 
 def child(args) -> int:
@@ -84,18 +126,8 @@ def child(args) -> int:
         return result
 
     step_mod.Stepper.step = timed
-    steps_per_epoch = {"sst2": 2105, "stsb": 180}[args.task]
-    frac = (args.warmup + args.steps) / steps_per_epoch
-    i = distillation_index(recipe)
     with tempfile.TemporaryDirectory() as tmp:
-        argv = ["compress", recipe, "--teacher", args.teacher, "--task", args.task, "--data", args.data,
-                "--out", str(Path(tmp) / "run"), "--no-progress", "--set", f"stages.0.epochs={frac:.6f}",
-                "--set", f"stages.0.eval_every={10**6}", "--set", f"stages.0.methods.{i}.cache_teacher={mode}"]
-        for j, m in enumerate(load(recipe).stages[0].methods):  # quantizers compiled, as in a full-length run
-            if "compile" in type(m).model_fields:
-                argv += ["--set", f"stages.0.methods.{j}.compile=true"]
-        for later in range(1, len(load(recipe).stages)):  # later stages: as short as a stage can be
-            argv += ["--set", f"stages.{later}.epochs={1 / steps_per_epoch:.6f}"]
+        argv = child_argv(args, recipe, mode, Path(tmp) / "run")
         code = cli_main(argv)
         if code:
             raise SystemExit(code)
@@ -104,9 +136,10 @@ def child(args) -> int:
     return 0
 
 
-def component(args, batches: int) -> tuple[list[float], list[float]]:
+def component(args, batches: int, bf16: bool) -> tuple[list[float], list[float]]:
     """The teacher's part of a step alone, through distillation's own code on the same batches:
-    the live forward and the cache read alternate batch by batch. Returns (live, cached) seconds."""
+    the live forward and the cache read alternate batch by batch, under bf16 autocast when ``bf16``
+    (as the training step runs them). Returns (live, cached) seconds."""
     import copy
 
     import torch
@@ -122,7 +155,7 @@ def component(args, batches: int) -> tuple[list[float], list[float]]:
     student = copy.deepcopy(teacher)
     m = Distillation(alpha=0.0, weights={"logits": 1.0, "hidden": 1.0, "attention": 1.0}, cache_teacher=True)
     state = TrainState(model=student, teacher=teacher, features=feats, steps_per_epoch=1, total_steps=2,
-                       extras={"bf16": False})
+                       extras={"bf16": bf16})
     m.attach(state)
     cache, collate = m._cache, Collator(pad_id_of(student, tok))
     live, cached = [], []
@@ -132,7 +165,8 @@ def component(args, batches: int) -> tuple[list[float], list[float]]:
         for store, c in ((live, None), (cached, cache)):
             m._cache = c
             t = time.perf_counter()
-            m._teacher_outputs(state)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                m._teacher_outputs(state)
             store.append(time.perf_counter() - t)
     return live, cached
 
@@ -155,19 +189,37 @@ def torch_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
+def precision_of(name: str, default_bf16: bool) -> str:
+    """'bf16' or 'fp32': the precision an arm trains at on this machine."""
+    suffix = name.partition("-")[2]
+    return suffix or ("bf16" if default_bf16 else "fp32")
+
+
+def component_precision(arms: list[str], default_bf16: bool) -> str | None:
+    """The precision at which both a live and a cached arm run (the teacher-part timing needs both)."""
+    live = {precision_of(a, default_bf16) for a in arms if a.startswith("live")}
+    cached = {precision_of(a, default_bf16) for a in arms if a.startswith("cached")}
+    both = sorted(live & cached)
+    return both[0] if both else None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
         return child(args)
     os.environ.setdefault("COMPACTBERT_CACHE", str(CACHE))
     from compactbert.methods.teacher_cache import cache_root
+    from compactbert.train.loop import bf16_supported
 
+    default_bf16 = bf16_supported()
+    precision = {a: precision_of(a, default_bf16) for a in args.arms}
     before = set((cache_root() / "teacher-outputs").glob("*/meta.json"))
     t0 = time.monotonic()
-    for recipe in args.recipes:  # builds the cache if no run built it yet (untimed)
-        run_child(args, recipe, "true")
+    for p in sorted({precision[a] for a in args.arms if a.startswith("cached")}):
+        for recipe in args.recipes:  # builds the caches no run built yet (untimed)
+            run_child(args, recipe, f"cached-{p}")
     built = set((cache_root() / "teacher-outputs").glob("*/meta.json")) - before
-    build_note = (f"built by this script in {time.monotonic() - t0:.0f} s (with {len(args.recipes)} short runs)"
+    build_note = (f"built by this script in {time.monotonic() - t0:.0f} s (with short runs)"
                   if built else "already there (built by an earlier run)")
     sizes = {p.parent.name: sum(f.stat().st_size for f in p.parent.iterdir()) for p in
              (cache_root() / "teacher-outputs").glob("*/meta.json")}
@@ -176,16 +228,22 @@ def main(argv=None) -> int:
             while f.read(1 << 24):
                 pass
     torch_threads(args.threads)
-    c_live, c_cached = component(args, args.component_batches)
+    part = component_precision(args.arms, default_bf16)
+    c_live, c_cached = component(args, args.component_batches, part == "bf16") if part else ([], [])
     per: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):
         for recipe in args.recipes:
-            for mode in ("false", "true"):
-                t = statistics.median(run_child(args, recipe, mode))
-                per.setdefault((recipe, mode), []).append(t)
-                print(f"round {r + 1}: {recipe} cache_teacher={mode}: {t:.3f} s/step", flush=True)
+            for name in args.arms:
+                t = statistics.median(run_child(args, recipe, name))
+                per.setdefault((recipe, name), []).append(t)
+                print(f"round {r + 1}: {recipe} {name}: {t:.3f} s/step", flush=True)
+    shown = {a: f"{a.partition('-')[0]}, {precision[a]}" for a in args.arms}
+    by_precision = len(set(precision.values())) > 1
+    title = ("## Distillation training steps in FP32 and bf16 autocast" if by_precision else
+             "## Distillation with the teacher's outputs cached")
+    first = args.arms[0]
     lines = [
-        "## Distillation with the teacher's outputs cached (`benchmarks/teacher_cache_speed.py`)",
+        f"{title} (`benchmarks/teacher_cache_speed.py`)",
         "",
         f"Measured {datetime.now():%Y-%m-%d %H:%M} on {cpu_name()}, {args.threads} thread(s) per run, "
         f"one run at a time, on a machine otherwise idle (training paused).",
@@ -193,30 +251,38 @@ def main(argv=None) -> int:
         f"Each run: the recipe's first stage on {args.task} with teacher `{args.teacher}`, {args.warmup} untimed then "
         f"{args.steps} timed optimizer steps (batch 32; quantizers compiled, as `compile: auto` does for full-length "
         f"runs), in a fresh process; {args.rounds} interleaved rounds "
-        "(live, cached, live, cached, ...), the cache file read once before them (a full-length run reads "
-        "every example each epoch, so after its first epoch the file is in the page cache). Cells: median over rounds of each run's median step time "
-        f"[min-max over rounds]; speed-up: median of the per-round live/cached ratios. Hours: "
+        f"({', '.join(shown[a] for a in args.arms)}, ...), the cache files read once before them (a full-length run "
+        "reads every example each epoch, so after its first epoch the file is in the page cache). 'live': the "
+        "teacher runs at every step; 'cached': its outputs come from distillation's cache; 'bf16': the recipe's bf16 "
+        "autocast (weights and optimizer in FP32). Cells: median over rounds of each run's median step time "
+        f"[min-max over rounds]; speed-up: median of the per-round ratios of `{shown[first]}` to the arm. Hours: "
         f"{FULL_STEPS[args.task]:,} steps (18 epochs) at that rate.",
         "",
-        "| recipe (first stage) | teacher live, s/step | teacher cached, s/step | speed-up | 18 epochs live | 18 epochs cached |",
-        "|---|---|---|---|---|---|",
+        "| recipe (first stage) | " + " | ".join(f"{shown[a]}, s/step" for a in args.arms) + " | "
+        + " | ".join(f"speed-up of {shown[a]}" for a in args.arms[1:]) + " | "
+        + " | ".join(f"18 epochs {shown[a]}" for a in args.arms) + " |",
+        "|---|" + "---|" * (3 * len(args.arms) - 1),
     ]
+    hours = FULL_STEPS[args.task] / 3600
     for recipe in args.recipes:
-        live, cached = per[(recipe, "false")], per[(recipe, "true")]
-        ratio = statistics.median(a / b for a, b in zip(live, cached))
-        ml, mc = statistics.median(live), statistics.median(cached)
-        hours = FULL_STEPS[args.task] / 3600
-        lines.append(f"| {recipe} | {ml:.3f} [{min(live):.3f}-{max(live):.3f}] | {mc:.3f} [{min(cached):.3f}-"
-                     f"{max(cached):.3f}] | **{ratio:.2f}x** | {ml * hours:.1f} h | {mc * hours:.1f} h |")
-    lines += ["", f"The teacher's part alone ({len(c_live)} batches of epoch 0, in one process, the live forward and the "
-              "cache read alternating batch by batch, through distillation's `_teacher_outputs`): live "
-              f"{statistics.median(c_live) * 1000:.0f} ms [{min(c_live) * 1000:.0f}-{max(c_live) * 1000:.0f}], cached "
-              f"{statistics.median(c_cached) * 1000:.1f} ms [{min(c_cached) * 1000:.1f}-{max(c_cached) * 1000:.1f}] per "
-              "batch (median [min-max])."]
-    size_txt = ", ".join(f"{v / 2**30:.2f} GiB" for v in sizes.values())
-    lines += ["", f"The cache (float16, in `$COMPACTBERT_CACHE`): {size_txt}; {build_note}. Every run with the same "
-              "teacher and training data reuses it (both stages of a two-stage recipe, the other recipes, resumed runs)."]
-    publish("\n".join(lines), args.results or None, SECTION)
+        times = {a: per[(recipe, a)] for a in args.arms}
+        cells = [f"{statistics.median(t):.3f} [{min(t):.3f}-{max(t):.3f}]" for t in times.values()]
+        ratios = [f"**{statistics.median(x / y for x, y in zip(times[first], times[a])):.2f}x**"
+                  for a in args.arms[1:]]
+        total = [f"{statistics.median(t) * hours:.1f} h" for t in times.values()]
+        lines.append(f"| {recipe} | " + " | ".join(cells + ratios + total) + " |")
+    if c_live:
+        lines += ["", f"The teacher's part alone ({len(c_live)} batches of epoch 0, {part}, in one process, the live "
+                  "forward and the cache read alternating batch by batch, through distillation's `_teacher_outputs`): "
+                  f"live {statistics.median(c_live) * 1000:.0f} ms [{min(c_live) * 1000:.0f}-{max(c_live) * 1000:.0f}], "
+                  f"cached {statistics.median(c_cached) * 1000:.1f} ms [{min(c_cached) * 1000:.1f}-"
+                  f"{max(c_cached) * 1000:.1f}] per batch (median [min-max])."]
+    if sizes:
+        size_txt = ", ".join(f"{v / 2**30:.2f} GiB" for v in sizes.values())
+        lines += ["", f"The caches (float16, in `$COMPACTBERT_CACHE`, one per teacher, data and precision): {size_txt}; "
+                  f"{build_note}. Every run with the same teacher, training data and precision reuses its cache (both "
+                  "stages of a two-stage recipe, the other recipes, resumed runs)."]
+    publish("\n".join(lines), args.results or None, PRECISION_SECTION if by_precision else SECTION)
     return 0
 
 

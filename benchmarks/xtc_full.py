@@ -113,7 +113,8 @@ def train(args, recipe: str, deadline: float | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"{out.name}.log"
     with log.open("a") as f:
-        f.write(f"\n$ {' '.join(cmd)}  # {datetime.now().isoformat(timespec='seconds')} on {where()}\n")
+        f.write(f"\n$ {' '.join(cmd)}  # {datetime.now().isoformat(timespec='seconds')} on {where()}, "
+                f"{precision(recipe, args.overrides + [kv for r, kv in args.set_for if r == recipe])}\n")
         f.flush()
         code = wait_until(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO), deadline)
         if code is None:
@@ -162,6 +163,16 @@ def where() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}, torch {torch.__version__})"
     return cpu_name()
+
+
+def precision(recipe: str, overrides: list[str]) -> str:
+    """How ``compactbert compress`` trains the recipe on this machine: ``"bf16"`` (autocast) where
+    the recipe's ``bf16`` is on and the hardware has native bf16, else ``"FP32"``."""
+    from compactbert.recipe import Recipe
+    from compactbert.train.loop import bf16_supported
+
+    path = Path(recipe) if Path(recipe).is_file() else REPO / "recipes" / f"{recipe}.yaml"
+    return "bf16" if Recipe.load(path, overrides=overrides).bf16 and bf16_supported() else "FP32"
 
 
 def bundle(args, recipe: str) -> Path | None:
@@ -302,14 +313,19 @@ def compare_rows(args) -> list[dict]:
 
 
 def ran_on(out: Path) -> str:
-    """Where a run trained: the machines its log names (one per start or continuation)."""
+    """Where a run trained: the machines its log names (one per start or continuation), with the
+    precision it trained at there where the log says (``CPU (bf16)``; older logs: ``CPU``)."""
     log = out.parent / f"{out.name}.log"
     seen: list[str] = []
     if log.is_file():
         for line in log.read_text(errors="replace").splitlines():
             if line.startswith("$ "):
                 host = line.split("  # ", 1)[-1].partition(" on ")[2].strip()
+                host, sep, prec = host.rpartition(", ")
+                if not sep or prec not in ("bf16", "FP32"):
+                    host, prec = host + sep + prec, ""
                 host = host if "CUDA" in host else "CPU"  # where() names a GPU with its CUDA version
+                host += f" ({prec})" if prec else ""
                 if host not in seen:
                     seen.append(host)
     return ", ".join(seen) or "-"

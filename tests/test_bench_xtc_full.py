@@ -99,6 +99,25 @@ def test_ran_on_names_each_machine_a_run_trained_on_once(tmp_path):
                    "\n$ python -m compactbert compress ... --resume  # 2026-12-01T11:00:00 on NVIDIA H200 (CUDA 13.0)\n")
     assert xtc_full.ran_on(out) == "NVIDIA H200 (CUDA 13.0), CPU"
     assert xtc_full.ran_on(tmp_path / "nothing") == "-"
+    # newer logs say the precision: the same CPU at another precision is another entry
+    log.write_text(log.read_text() + "\n$ python ... --resume  # 2026-12-02T10:00:00 on AMD EPYC (AVX-512, VNNI), bf16\n"
+                   "\n$ python ... --resume  # 2026-12-02T11:00:00 on AMD EPYC (AVX2; no AVX-512, VNNI), FP32\n"
+                   "\n$ python ... --resume  # 2026-12-02T12:00:00 on AMD EPYC (AVX-512, VNNI), bf16\n")
+    assert xtc_full.ran_on(out) == "NVIDIA H200 (CUDA 13.0), CPU, CPU (bf16), CPU (FP32)"
+
+
+def test_the_log_says_the_precision_a_run_trains_at(tmp_path, monkeypatch):
+    monkeypatch.setattr(xtc_full, "where", lambda: "test machine")
+    monkeypatch.setattr(xtc_full, "epoch_steps", lambda args: 180)
+    monkeypatch.setattr(xtc_full.subprocess, "Popen", lambda cmd, **kw: type("P", (), {"wait": lambda self, timeout=None: 0})())
+    import compactbert.train.loop as loop
+
+    for native, sets, want in [(True, [], "bf16"), (False, [], "FP32"), (True, ["bf16=false"], "FP32")]:
+        monkeypatch.setattr(loop, "bf16_supported", lambda native=native: native)
+        args = args_for(tmp_path, "--recipes", "xtc-binary", *sum((["--set", s] for s in sets), []))
+        assert xtc_full.train(args, "xtc-binary") == 0
+        last = (tmp_path / "gpu-stsb-xtc-binary.log").read_text().strip().splitlines()[-1]
+        assert last.endswith(f"on test machine, {want}"), last
 
 
 def test_per_recipe_overrides_reach_only_their_recipe(tmp_path, monkeypatch):

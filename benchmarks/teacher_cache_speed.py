@@ -237,7 +237,7 @@ def main(argv=None) -> int:
                 t = statistics.median(run_child(args, recipe, name))
                 per.setdefault((recipe, name), []).append(t)
                 print(f"round {r + 1}: {recipe} {name}: {t:.3f} s/step", flush=True)
-    shown = {a: f"{a.partition('-')[0]}, {precision[a]}" for a in args.arms}
+    shown = {a: f"{a.partition('-')[0]} {precision[a]}" for a in args.arms}
     by_precision = len(set(precision.values())) > 1
     title = ("## Distillation training steps in FP32 and bf16 autocast" if by_precision else
              "## Distillation with the teacher's outputs cached")

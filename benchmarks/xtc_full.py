@@ -83,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a point at epoch 2 on the curve (e.g. an earlier 2-epoch result)")
     p.add_argument("--note", default="", help="a paragraph appended to the section (@FILE: read from FILE)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"), help="markdown file whose section is replaced ('' to print only)")
+    p.add_argument("--section", default=None, metavar="NAME",
+                   help="RESULTS section and PNG name (default xtc_full_TASK): runs published apart from that table")
     return p.parse_args(argv)
 
 
@@ -368,11 +370,17 @@ def fmt(v, spec=".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def section_name(args) -> str:
+    """The RESULTS section (and learning-curve PNG) a table goes to."""
+    return args.section or f"xtc_full_{args.task}"
+
+
 def section(args, table_rows: list[dict], teacher: float, teacher_bytes: int, png: Path, command: str,
             compare: list[dict] | None = None) -> str:
     metric = METRIC[args.task]
     lines = [
-        f"## XTC at the recipes' full schedules on {args.task.upper()} (`benchmarks/xtc_full.py`, issue 14)",
+        f"## XTC at the recipes' full schedules on {args.task.upper()} (`benchmarks/xtc_full.py`, issue 14)"
+        + (f": `{args.section}`" if args.section else ""),
         "",
         f"Updated {datetime.now():%Y-%m-%d %H:%M}; CPU here: {cpu_name()}. Each run trains in its own process "
         "(one CPU thread each), several side by side on one machine: 'ran on' names it, and 'wall h' is the run's own "
@@ -444,12 +452,13 @@ def main(argv=None) -> int:
         return 0
     table_rows, teacher, teacher_bytes = rows(args)
     compare = compare_rows(args)
-    png = REPO / "benchmarks" / f"xtc_full_{args.task}.png"
+    name = section_name(args)
+    png = REPO / "benchmarks" / f"{name}.png"
     plot(args, table_rows, teacher, png, compare)
     command = shown_command("benchmarks/xtc_full.py", argv if argv is not None else sys.argv[1:])
     body = section(args, table_rows, teacher, teacher_bytes, png, command, compare)
     print(body)
-    publish(body, args.results, f"xtc_full_{args.task}")
+    publish(body, args.results, name)
     return 0
 
 

@@ -197,3 +197,12 @@ def test_runs_keep_the_teacher_cache_with_the_runs_unless_told_where(tmp_path, m
     xtc_full.train(args, "xtc-binary")
     assert [e["COMPACTBERT_CACHE"] for e in envs] == [str(xtc_full.REPO / "runs" / "cache"), str(tmp_path / "mine")]
     assert all(e["OMP_NUM_THREADS"] == "1" for e in envs)
+
+
+def test_a_custom_section_names_the_results_section_and_the_plot(tmp_path):
+    assert xtc_full.section_name(args_for(tmp_path)) == "xtc_full_stsb"
+    args = args_for(tmp_path, "--section", "xtc_full_stsb_cpu")
+    assert xtc_full.section_name(args) == "xtc_full_stsb_cpu"
+    body = xtc_full.section(args, [], 84.0, 1000, tmp_path / "xtc_full_stsb_cpu.png", "python x")
+    assert body.splitlines()[0].endswith(": `xtc_full_stsb_cpu`")
+    assert "![learning curves](xtc_full_stsb_cpu.png)" in body

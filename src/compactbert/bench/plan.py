@@ -30,7 +30,7 @@ __all__ = ["BASELINE_KINDS", "DEFAULT_BASELINES", "ModelSpec", "BenchSettings", 
 # * "ort-int8": ONNX Runtime's quantize_dynamic on the exported graph ("just quantize it"); the
 #   "-fused" ones first run ORT's transformer optimizer (Attention, SkipLayerNorm, BiasGelu fusion),
 #   as ORT's BERT tutorials do.
-# * "ov-fp32" (precision forced to f32), "ov-default" (OpenVINO's own choice: bf16 on AMX CPUs, f32
+# * "ov-fp32" (precision forced to f32), "ov-default" (OpenVINO's own choice: bf16 on CPUs with native bf16 (AMX or AVX512-BF16), f32
 #   elsewhere), "ov-int8" (NNCF post-training int8, calibrated on CALIBRATION_SIZE training
 #   examples): need the optional `bench` extra (pip install compactbert[bench]); without it their
 #   rows say so and are skipped.

@@ -15,7 +15,7 @@ gets, :mod:`compactbert.runtime.graph`): the same codes, exact int32 sums, then 
 
 Precision of the rest: FP32 (ONNX Runtime always; OpenVINO with its inference precision forced to f32 when the
 model carries activation quantizers, so the codes are the trained ones; otherwise OpenVINO's
-default for this CPU, bf16 on AMX CPUs, f32 elsewhere; ``dtype`` forces one).
+default for this CPU, bf16 on CPUs with native bf16 (AMX or AVX512-BF16), f32 elsewhere; ``dtype`` forces one).
 
 ``backend="auto"`` builds every available candidate (compactbert's runtime, ONNX Runtime, OpenVINO
 when installed), times each on a short probe (:func:`probe_times`: batch 1 and batch 8 of

@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from finetune_sst2 import cpu_name, publish  # noqa: E402
-from xtc_full import CACHE, shown_command  # noqa: E402
+from xtc_full import CACHE, load_recipe, shown_command  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "glue"
 SECTION = "teacher_cache_speed"
@@ -78,16 +78,9 @@ def arm_settings(name: str) -> list[str]:
     return sets
 
 
-def load(recipe: str):
-    from compactbert.recipe import Recipe
-
-    path = Path(recipe) if Path(recipe).is_file() else REPO / "recipes" / f"{recipe}.yaml"
-    return Recipe.load(path)
-
-
-def distillation_index(recipe: str) -> int:
+def distillation_index(rec) -> int:
     """Position of the distillation method in the recipe's first stage."""
-    return next(i for i, m in enumerate(load(recipe).stages[0].methods) if m.type == "distillation")
+    return next(i for i, m in enumerate(rec.stages[0].methods) if m.type == "distillation")
 
 
 def child_argv(args, recipe: str, mode: str, out: Path) -> list[str]:
@@ -98,12 +91,13 @@ def child_argv(args, recipe: str, mode: str, out: Path) -> list[str]:
     argv = ["compress", recipe, "--teacher", args.teacher, "--task", args.task, "--data", args.data,
             "--out", str(out), "--no-progress", "--set", f"stages.0.epochs={frac:.6f}",
             "--set", f"stages.0.eval_every={10**6}"]
+    rec = load_recipe(recipe)
     for setting in arm_settings(mode):
-        argv += ["--set", setting.format(i=distillation_index(recipe))]
-    for j, m in enumerate(load(recipe).stages[0].methods):  # quantizers compiled, as in a full-length run
+        argv += ["--set", setting.format(i=distillation_index(rec))]
+    for j, m in enumerate(rec.stages[0].methods):  # quantizers compiled, as in a full-length run
         if "compile" in type(m).model_fields:
             argv += ["--set", f"stages.0.methods.{j}.compile=true"]
-    for later in range(1, len(load(recipe).stages)):  # later stages: as short as a stage can be
+    for later in range(1, len(rec.stages)):  # later stages: as short as a stage can be
         argv += ["--set", f"stages.{later}.epochs={1 / steps_per_epoch:.6f}"]
     return argv
 

@@ -167,14 +167,20 @@ def where() -> str:
     return cpu_name()
 
 
+def load_recipe(recipe: str, overrides: list[str] | None = None):
+    """A recipe by file path or by the name of one in ``recipes/``, with ``--set`` overrides."""
+    from compactbert.recipe import Recipe
+
+    path = Path(recipe) if Path(recipe).is_file() else REPO / "recipes" / f"{recipe}.yaml"
+    return Recipe.load(path, overrides=overrides)
+
+
 def precision(recipe: str, overrides: list[str]) -> str:
     """How ``compactbert compress`` trains the recipe on this machine: ``"bf16"`` (autocast) where
     the recipe's ``bf16`` is on and the hardware has native bf16, else ``"FP32"``."""
-    from compactbert.recipe import Recipe
     from compactbert.train.loop import bf16_supported
 
-    path = Path(recipe) if Path(recipe).is_file() else REPO / "recipes" / f"{recipe}.yaml"
-    return "bf16" if Recipe.load(path, overrides=overrides).bf16 and bf16_supported() else "FP32"
+    return "bf16" if load_recipe(recipe, overrides).bf16 and bf16_supported() else "FP32"
 
 
 def bundle(args, recipe: str) -> Path | None:

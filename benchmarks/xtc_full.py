@@ -4,8 +4,8 @@ For one task (``--task stsb`` or ``sst2``) and a teacher fine-tuned on it, each 
 ``--recipes`` (default: ``xtc-ternary``, ``xtc-binary``, ``xtc-layer-reduction-binary``) is a
 ``compactbert compress`` run at the recipe's own schedule (18 epochs per stage), evaluated and
 checkpointed once per epoch, in ``runs/xtc-TASK-RECIPE``. ``--jobs N`` runs N recipes side by side
-at one thread each; a run that exists is continued with ``--resume`` (bit for bit), so a schedule
-of many hours is carried across sessions. On a CPU the runs read the teacher's outputs from
+(the cores shared out among them; ``--threads`` to say); a run that exists is continued with
+``--resume`` (bit for bit), so a schedule of many hours is carried across sessions. On a CPU the runs read the teacher's outputs from
 distillation's cache (``cache_teacher: auto``; in ``runs/cache`` unless ``COMPACTBERT_CACHE`` says
 otherwise), computed once for all recipes and sessions: the same teacher and data, the same cache. The device is whatever accelerate picks (a GPU when
 there is one): the same command runs the long SST-2 schedules on a GPU machine.
@@ -61,7 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--recipes", nargs="+", default=RECIPES)
     p.add_argument("--prefix", default=None, help="run directories are PREFIX + recipe (default runs/xtc-TASK-)")
-    p.add_argument("--jobs", type=int, default=2, help="recipes trained side by side, one thread each")
+    p.add_argument("--jobs", type=int, default=2, help="recipes trained side by side")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads per run (default: the CPU's cores shared out among --jobs, at least 1)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="extra --set for every run (the schedule stays the recipe's unless you change it)")
     p.add_argument("--set-for", nargs=2, action="append", default=[], metavar=("RECIPE", "KEY=VALUE"),
@@ -102,6 +104,8 @@ def train(args, recipe: str, deadline: float | None = None) -> int:
     out = run_dir(args, recipe)
     info = read_json(out / "run.json")
     if info.get("status") == "done":
+        if not (out / "packed_eval.json").is_file():  # it ended while no scheduler waited for it
+            pack(args, out)
         return 0
     steps = epoch_steps(args)  # (later stages evaluate at each epoch's end by default: the same)
     cmd = [sys.executable, "-m", "compactbert", "compress", recipe, "--teacher", args.teacher, "--task", args.task,
@@ -110,13 +114,14 @@ def train(args, recipe: str, deadline: float | None = None) -> int:
         cmd += ["--set", o]
     if out.exists():
         cmd.append("--resume")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    threads = str(run_threads(args))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     env.setdefault("COMPACTBERT_CACHE", str(CACHE))
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"{out.name}.log"
     with log.open("a") as f:
         f.write(f"\n$ {' '.join(cmd)}  # {datetime.now().isoformat(timespec='seconds')} on {where()}, "
-                f"{precision(recipe, args.overrides + [kv for r, kv in args.set_for if r == recipe])}\n")
+                f"{precision(recipe, args.overrides + [kv for r, kv in args.set_for if r == recipe])}, {threads} thread(s)\n")
         f.flush()
         code = wait_until(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO), deadline)
         if code is None:
@@ -128,6 +133,15 @@ def train(args, recipe: str, deadline: float | None = None) -> int:
         if args.bundle:  # now, so that it is there even if the machine is taken back before the others end
             bundle(args, recipe)
     return code
+
+
+def run_threads(args) -> int:
+    """Threads for each run: ``--threads``, else the cores this process may use shared out among
+    ``--jobs`` (so one job alone gets them all, two on two cores get one each)."""
+    if args.threads is not None:
+        return max(1, args.threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, args.jobs))
 
 
 def pack(args, out: Path) -> None:
@@ -322,18 +336,23 @@ def compare_rows(args) -> list[dict]:
 
 def ran_on(out: Path) -> str:
     """Where a run trained: the machines its log names (one per start or continuation), with the
-    precision it trained at there where the log says (``CPU (bf16)``; older logs: ``CPU``)."""
+    precision and threads it trained with there where the log says (``CPU (bf16, 2 thread(s))``;
+    older logs: ``CPU (bf16)``, ``CPU``)."""
     log = out.parent / f"{out.name}.log"
     seen: list[str] = []
     if log.is_file():
         for line in log.read_text(errors="replace").splitlines():
             if line.startswith("$ "):
                 host = line.split("  # ", 1)[-1].partition(" on ")[2].strip()
-                host, sep, prec = host.rpartition(", ")
-                if not sep or prec not in ("bf16", "FP32"):
-                    host, prec = host + sep + prec, ""
+                tags = []  # from the right: "N thread(s)" (newer logs), then the precision
+                for known in (lambda t: t.endswith(" thread(s)") and t.split()[0].isdigit(),
+                              lambda t: t in ("bf16", "FP32")):
+                    head, sep, tag = host.rpartition(", ")
+                    if sep and known(tag):
+                        host = head
+                        tags.insert(0, tag)
                 host = host if "CUDA" in host else "CPU"  # where() names a GPU with its CUDA version
-                host += f" ({prec})" if prec else ""
+                host += f" ({', '.join(tags)})" if tags else ""
                 if host not in seen:
                     seen.append(host)
     return ", ".join(seen) or "-"
@@ -389,7 +408,7 @@ def section(args, table_rows: list[dict], teacher: float, teacher_bytes: int, pn
         + (f": `{args.section}`" if args.section else ""),
         "",
         f"Updated {datetime.now():%Y-%m-%d %H:%M}; CPU here: {cpu_name()}. Each run trains in its own process "
-        "(one CPU thread each), several side by side on one machine: 'ran on' names it, and 'wall h' is the run's own "
+        "(on a CPU with the threads 'ran on' says; one each where no count is given), several side by side on one machine: 'ran on' names it, and 'wall h' is the run's own "
         f"training time there while sharing it. Command: `{command}`.",
         f"Teacher `{args.teacher}`: dev {metric} {teacher:.2f}. Dev {metric} x100 of the training-time model "
         "after each epoch (FP32); 'packed' is the packed directory through compactbert's runtime, once a run is done. "

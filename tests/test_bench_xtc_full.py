@@ -104,6 +104,10 @@ def test_ran_on_names_each_machine_a_run_trained_on_once(tmp_path):
                    "\n$ python ... --resume  # 2026-12-02T11:00:00 on AMD EPYC (AVX2; no AVX-512, VNNI), FP32\n"
                    "\n$ python ... --resume  # 2026-12-02T12:00:00 on AMD EPYC (AVX-512, VNNI), bf16\n")
     assert xtc_full.ran_on(out) == "NVIDIA H200 (CUDA 13.0), CPU, CPU (bf16), CPU (FP32)"
+    # and the threads: the same CPU and precision with another thread count is another entry
+    log.write_text(log.read_text() + "\n$ python ... --resume  # 2026-12-03T10:00:00 on AMD EPYC (AVX-512, VNNI), bf16, 2 thread(s)\n"
+                   "\n$ python ... --resume  # 2026-12-03T11:00:00 on AMD EPYC (AVX-512, VNNI), bf16, 2 thread(s)\n")
+    assert xtc_full.ran_on(out) == "NVIDIA H200 (CUDA 13.0), CPU, CPU (bf16), CPU (FP32), CPU (bf16, 2 thread(s))"
 
 
 def test_the_log_says_the_precision_a_run_trains_at(tmp_path, monkeypatch):
@@ -117,7 +121,35 @@ def test_the_log_says_the_precision_a_run_trains_at(tmp_path, monkeypatch):
         args = args_for(tmp_path, "--recipes", "xtc-binary", *sum((["--set", s] for s in sets), []))
         assert xtc_full.train(args, "xtc-binary") == 0
         last = (tmp_path / "gpu-stsb-xtc-binary.log").read_text().strip().splitlines()[-1]
-        assert last.endswith(f"on test machine, {want}"), last
+        assert last.endswith(f"on test machine, {want}, 1 thread(s)"), last
+
+
+def test_each_run_gets_the_cores_shared_out_among_the_jobs_unless_told(tmp_path, monkeypatch):
+    envs = []
+    monkeypatch.setattr(xtc_full, "where", lambda: "test machine")
+    monkeypatch.setattr(xtc_full, "epoch_steps", lambda args: 180)
+    monkeypatch.setattr(xtc_full.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(xtc_full.subprocess, "Popen",
+                        lambda cmd, env, **kw: envs.append(env) or type("P", (), {"wait": lambda self, timeout=None: 0})())
+    for extra, want in [(["--jobs", "2"], "2"), (["--jobs", "1"], "4"), (["--jobs", "8"], "1"),
+                        (["--jobs", "2", "--threads", "3"], "3")]:
+        assert xtc_full.train(args_for(tmp_path, *extra), "xtc-binary") == 0
+        assert envs[-1]["OMP_NUM_THREADS"] == envs[-1]["MKL_NUM_THREADS"] == want, (extra, envs[-1]["OMP_NUM_THREADS"])
+        last = (tmp_path / "gpu-stsb-xtc-binary.log").read_text().strip().splitlines()[-1]
+        assert last.endswith(f", {want} thread(s)"), last
+
+
+def test_a_run_that_ended_unwatched_is_packed_on_the_next_call_and_never_trained_again(tmp_path, monkeypatch):
+    out = fake_run(tmp_path)  # done, with a packed directory but no packed_eval.json
+    calls = []
+    monkeypatch.setattr(xtc_full.subprocess, "Popen", lambda *a, **kw: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(xtc_full.subprocess, "call", lambda cmd, **kw: calls.append(cmd[3]) or (
+        Path(cmd[cmd.index("--out") + 1]).write_text(json.dumps({"metrics": {"spearman": 0.25}}))))
+    args = args_for(tmp_path)
+    assert xtc_full.train(args, "xtc-binary") == 0
+    assert calls == ["eval"] and xtc_full.packed_metric(args, out, "spearman") == 25.0
+    assert json.loads((out / "packed_bytes.json").read_text())["bytes"] > 0
+    assert xtc_full.train(args, "xtc-binary") == 0 and calls == ["eval"]  # evaluated once
 
 
 def test_per_recipe_overrides_reach_only_their_recipe(tmp_path, monkeypatch):

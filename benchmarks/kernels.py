@@ -6,7 +6,9 @@ alike, so ratios stay meaningful), on MiniLM-L6 (6 layers, hidden 384, 12 heads,
 A. single products of MiniLM's shapes at 128 rows (batch 1 x seq 128) and 4096 rows (batch 32 x seq 128):
    FP32 ``F.linear``; bf16 ``F.linear``; bf16 oneDNN with a pre-reordered weight; int8
    ``torch._int_mm`` with dynamic per-token activation quantization and per-row weight scales;
-   oneDNN int8 ``qlinear`` (AMX/VNNI) alone and with the same activation quantization.
+   oneDNN int8 ``qlinear`` (AMX/VNNI) alone and with the same activation quantization, in the form
+   the runtime calls it (``runtime.kernels.int8_product``: uint8 codes with a zero point; signed
+   sources run on oneDNN's scalar reference kernel on AVX-512 VNNI CPUs without AMX).
 B. the whole encoder + classifier at (1, 128) and (32, 128): FP32 eager; bf16 weights; FP32 under
    bf16 autocast; ``torch.compile`` of the bf16 model (compile time reported); int8 ``_int_mm``
    linears; ``torch.ao`` dynamic quantization; ONNX Runtime FP32 and its dynamic int8
@@ -37,6 +39,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from compactbert.runtime.kernels import int8_product
 
 warnings.filterwarnings("ignore")
 logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -127,16 +131,14 @@ def study_products(rounds: int) -> list[dict]:
 
             def onednn_q():
                 q, s = quant_per_token(xb)
-                y = torch.ops.onednn.qlinear_pointwise(q, 1.0, 0, pq, sw, wz, None, 1.0, 0, torch.bfloat16, "none", [], "")
-                return y * s.bfloat16() + bb
+                return (int8_product(q, pq, sw, wz) * s + b).bfloat16()
 
             fns = {
                 "fp32 F.linear": lambda: F.linear(x, w, b),
                 "bf16 F.linear": lambda: F.linear(xb, wb, bb),
                 "bf16 oneDNN prepacked": lambda: torch.ops.mkldnn._linear_pointwise(xb, pw, bb, "none", [], ""),
                 "int8 _int_mm + act quant": int_mm,
-                "int8 oneDNN product only": lambda: torch.ops.onednn.qlinear_pointwise(
-                    qx, 1.0, 0, pq, sw, wz, None, 1.0, 0, torch.bfloat16, "none", [], ""),
+                "int8 oneDNN product only": lambda: int8_product(qx, pq, sw, wz),
                 "int8 oneDNN + act quant": onednn_q,
                 "act quant alone": lambda: quant_per_token(xb),
             }

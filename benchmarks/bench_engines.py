@@ -61,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="measure nothing: publish an earlier run's bench.json (its command given by --command)")
     p.add_argument("--command", default=None, help="with --from-json: the command that measured it")
     p.add_argument("--note", default="", help="a paragraph under the table (what the models are)")
+    p.add_argument("--section", default="bench_engines",
+                   help="RESULTS section to replace (e.g. one per CPU kind, so one machine's run keeps another's)")
     return p.parse_args(argv)
 
 
@@ -175,8 +177,8 @@ def main(argv=None) -> int:
         if result["load"].get("warning") and not args.force:
             print(f"not published: {result['load']['warning']}", file=sys.stderr)
             return 3
-        publish(section(result, args.command or "(not recorded)", "bench_engines", args.note), args.results or None,
-                "bench_engines")
+        publish(section(result, args.command or "(not recorded)", args.section, args.note), args.results or None,
+                args.section)
         return 0
     cpus = os.cpu_count() or 1
     limit = args.max_load if args.max_load is not None else max(cpus - args.threads, 0) + 0.5
@@ -205,7 +207,7 @@ def main(argv=None) -> int:
     if result["load"].get("warning") and not args.force:
         print(f"not published: {result['load']['warning']}", file=sys.stderr)
         return 3
-    publish(section(result, command.strip(), "bench_engines", args.note), args.results or None, "bench_engines")
+    publish(section(result, command.strip(), args.section, args.note), args.results or None, args.section)
     return 0
 
 

@@ -5,8 +5,8 @@ For one task (``--task stsb`` or ``sst2``) and a teacher fine-tuned on it, each 
 ``compactbert compress`` run at the recipe's own schedule (18 epochs per stage), evaluated and
 checkpointed once per epoch, in ``runs/xtc-TASK-RECIPE``. ``--jobs N`` runs N recipes side by side
 (the cores shared out among them; ``--threads`` to say); a run that exists is continued with
-``--resume`` (bit for bit), so a schedule of many hours is carried across sessions. On a CPU the runs read the teacher's outputs from
-distillation's cache (``cache_teacher: auto``; in ``runs/cache`` unless ``COMPACTBERT_CACHE`` says
+``--resume`` (bit for bit), so a schedule of many hours is carried across sessions. On a CPU the
+runs read the teacher's outputs from distillation's cache (``cache_teacher: auto``; in ``runs/cache`` unless ``COMPACTBERT_CACHE`` says
 otherwise), computed once for all recipes and sessions: the same teacher and data, the same cache. The device is whatever accelerate picks (a GPU when
 there is one): the same command runs the long SST-2 schedules on a GPU machine.
 

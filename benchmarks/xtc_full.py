@@ -52,6 +52,12 @@ PACK_SECONDS = 90.0
 # distillation's teacher-output cache (cache_teacher: auto on a CPU): kept with the runs, which it outlives
 CACHE = REPO / "runs" / "cache"
 TARGETS = {"xtc-ternary": 0.5, "xtc-binary": 1.0, "xtc-layer-reduction-binary": 2.0}
+# the 3-layer binary recipe is also held to: at least this many times smaller than the teacher,
+# within this many points (XTC's 50x claim)
+SMALL_TARGET = (50.0, 1.5)
+# each finished run is also packed with its vocabulary pruned to the training split's tokens, a dev
+# token never seen in training read as [UNK] or as the nearest kept token (export --unseen-tokens)
+VOCAB_UNSEEN = ("unk", "nearest")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -155,6 +161,35 @@ def pack(args, out: Path) -> None:
     if (out / "packed").is_dir():
         (out / "packed_bytes.json").write_text(json.dumps({"bytes": model_bytes(out / "packed")[0]}) + "\n")
         packed_metric(args, out, METRIC[args.task])
+        vocab_pruned(args, out, METRIC[args.task])
+
+
+def vocab_pruned(args, out: Path, metric: str) -> dict[str, dict]:
+    """For each way of reading unseen tokens (``VOCAB_UNSEEN``): the finished run packed with its
+    vocabulary pruned to the training split's tokens (``packed-vocab-U/``, made once), its dev metric
+    through the runtime and its bytes: ``{U: {"metric", "bytes", "kept", "original"}}``. The dev
+    split's own tokens are not kept, so the metric says what the pruning costs on unseen text."""
+    from compactbert.bench.result import model_bytes
+
+    if read_json(out / "run.json").get("status") != "done" or not (out / "model").is_dir():
+        return {}
+    found = {}
+    for unseen in VOCAB_UNSEEN:
+        packed, cached = out / f"packed-vocab-{unseen}", out / f"packed-vocab-{unseen}_eval.json"
+        if not packed.is_dir():
+            subprocess.call([sys.executable, "-m", "compactbert", "export", str(out), "--out", str(packed),
+                             "--prune-vocab", "--vocab-from", "train", "--unseen-tokens", unseen,
+                             "--task", args.task, "--data", args.data], cwd=REPO)
+        if not packed.is_dir():
+            continue
+        if not cached.is_file():
+            subprocess.call([sys.executable, "-m", "compactbert", "eval", str(packed), "--task", args.task,
+                             "--data", args.data, "--out", str(cached)], cwd=REPO)
+        m = read_json(cached).get("metrics") or {}
+        vocab = read_json(packed / "config.json").get("vocab") or {}
+        found[unseen] = {"metric": 100 * float(m[metric]) if metric in m else None, "bytes": model_bytes(packed)[0],
+                         "kept": vocab.get("kept"), "original": vocab.get("original_size")}
+    return found
 
 
 def wait_until(proc: subprocess.Popen, deadline: float | None) -> int | None:
@@ -213,7 +248,7 @@ def bundle(args, recipe: str) -> Path | None:
             if (len(parts) > 1 and parts[1] == "model") or any(p.startswith("checkpoint") for p in parts):
                 return None
             if info.name.endswith(".safetensors"):  # FP32 stage models stay; the packed weights come when they fit
-                return info if with_weights and len(parts) > 1 and parts[1] == "packed" else None
+                return info if with_weights and len(parts) > 1 and parts[1].startswith("packed") else None
             return info
 
         with tarfile.open(dest, "w:gz") as tar:
@@ -310,6 +345,7 @@ def row(args, label: str, out: Path, metric: str) -> dict:
         "best": max((p[1] for p in points), default=None), "packed": packed_metric(args, out, metric),
         # the packed directory's bytes; else what `compactbert size` predicted for it (marked ~)
         "bytes": packed_bytes or size.get("predicted_files_bytes"), "predicted": not packed_bytes,
+        "vocab": vocab_pruned(args, out, metric) if packed_bytes else {},
     }
 
 
@@ -431,6 +467,7 @@ def section(args, table_rows: list[dict], teacher: float, teacher_bytes: int, pn
             f"{fmt(delta, '+.2f')} | {'-' if target is None else f'-{target:g}'} | "
             f"{size} | "
             f"{r['wall'] / 3600:.2f} | {r['where']} | {r['status']} |")
+    lines += vocab_table(table_rows, teacher, teacher_bytes)
     lines += ["", f"![learning curves]({png.name})", ""]
     for r in table_rows:
         if r["points"]:
@@ -442,6 +479,27 @@ def section(args, table_rows: list[dict], teacher: float, teacher_bytes: int, pn
     if args.note:
         lines += ["", Path(args.note[1:]).read_text().strip() if args.note.startswith("@") else args.note]
     return "\n".join(lines) + "\n"
+
+
+def vocab_table(table_rows: list[dict], teacher: float, teacher_bytes: int) -> list[str]:
+    """The finished runs packed with the vocabulary pruned to the training split's tokens."""
+    done = [r for r in table_rows if r.get("vocab")]
+    if not done:
+        return []
+    x, pts = SMALL_TARGET
+    lines = ["", "Vocabulary pruned to the tokens of the training split (`compactbert export RUN --prune-vocab "
+             "--vocab-from train --unseen-tokens unk|nearest`): a dev token training never saw reads as [UNK] or as the "
+             "kept token with the closest embedding, so the dev metric measures what the pruning costs. "
+             f"Target: at least {x:g}x smaller within {pts:g} points (XTC's claim for layer reduction + 1 bit).", "",
+             "| recipe | tokens kept | unseen tokens read as | packed | Δ vs teacher | bytes | x smaller |",
+             "|---|---|---|---|---|---|---|"]
+    for r in done:
+        for unseen, v in r["vocab"].items():
+            delta = None if v["metric"] is None else v["metric"] - teacher
+            kept = "-" if v["kept"] is None else f"{v['kept']:,} / {v['original']:,}"
+            lines.append(f"| {r['recipe']} | {kept} | {'[UNK]' if unseen == 'unk' else unseen} | {fmt(v['metric'])} | "
+                         f"{fmt(delta, '+.2f')} | {v['bytes']:,} | {teacher_bytes / v['bytes']:.1f}x |")
+    return lines
 
 
 def shown_command(script: str, argv: list[str]) -> str:

@@ -139,17 +139,62 @@ def test_each_run_gets_the_cores_shared_out_among_the_jobs_unless_told(tmp_path,
         assert last.endswith(f", {want} thread(s)"), last
 
 
+def fake_compactbert(calls: list, metric: float = 0.25, kept: int = 700):
+    """``subprocess.call`` of ``compactbert export`` (a packed folder with its config) and ``eval``
+    (a metrics JSON): records ``(verb, options)``."""
+    def call(cmd, **kw):
+        out = Path(cmd[cmd.index("--out") + 1])
+        calls.append((cmd[3], tuple(c for c in cmd if c in ("unk", "nearest", "train"))))
+        if cmd[3] == "export":
+            out.mkdir(parents=True)
+            (out / "model.safetensors").write_bytes(b"0" * 300)
+            (out / "manifest.json").write_text("{}")
+            (out / "config.json").write_text(json.dumps({"vocab": {"kept": kept, "original_size": 30522}}))
+        else:
+            out.write_text(json.dumps({"metrics": {"spearman": metric}}))
+        return 0
+    return call
+
+
 def test_a_run_that_ended_unwatched_is_packed_on_the_next_call_and_never_trained_again(tmp_path, monkeypatch):
     out = fake_run(tmp_path)  # done, with a packed directory but no packed_eval.json
     calls = []
     monkeypatch.setattr(xtc_full.subprocess, "Popen", lambda *a, **kw: pytest.fail("a finished run was trained again"))
-    monkeypatch.setattr(xtc_full.subprocess, "call", lambda cmd, **kw: calls.append(cmd[3]) or (
-        Path(cmd[cmd.index("--out") + 1]).write_text(json.dumps({"metrics": {"spearman": 0.25}}))))
+    monkeypatch.setattr(xtc_full.subprocess, "call", fake_compactbert(calls))
     args = args_for(tmp_path)
     assert xtc_full.train(args, "xtc-binary") == 0
-    assert calls == ["eval"] and xtc_full.packed_metric(args, out, "spearman") == 25.0
+    assert calls[0] == ("eval", ()) and xtc_full.packed_metric(args, out, "spearman") == 25.0
     assert json.loads((out / "packed_bytes.json").read_text())["bytes"] > 0
-    assert xtc_full.train(args, "xtc-binary") == 0 and calls == ["eval"]  # evaluated once
+    n = len(calls)
+    assert xtc_full.train(args, "xtc-binary") == 0 and len(calls) == n  # evaluated once
+
+
+def test_a_finished_run_is_also_packed_with_the_vocabulary_of_its_training_split(tmp_path, monkeypatch):
+    out = fake_run(tmp_path)
+    calls = []
+    monkeypatch.setattr(xtc_full.subprocess, "call", fake_compactbert(calls, metric=0.2, kept=700))
+    args = args_for(tmp_path)
+    xtc_full.pack(args, out)
+    # the plain packed model evaluated, then one export + eval per way of reading unseen tokens
+    assert calls == [("eval", ()), ("export", ("train", "unk")), ("eval", ()), ("export", ("train", "nearest")), ("eval", ())]
+    found = xtc_full.vocab_pruned(args, out, "spearman")
+    assert len(calls) == 5  # made once, read after
+    size = sum(f.stat().st_size for f in (out / "packed-vocab-unk").rglob("*") if f.is_file())
+    assert found == {u: {"metric": 20.0, "bytes": size, "kept": 700, "original": 30522} for u in ("unk", "nearest")}
+    body = xtc_full.section(args, [{**xtc_full.row(args, "xtc-binary", out, "spearman")}], 21.0, 50_000,
+                            tmp_path / "x.png", "python x")
+    assert f"| xtc-binary | 700 / 30,522 | [UNK] | 20.00 | -1.00 | {size} | {50_000 / size:.1f}x |" in body
+    assert f"| xtc-binary | 700 / 30,522 | nearest | 20.00 | -1.00 | {size} | {50_000 / size:.1f}x |" in body
+    # bundled with its weights, like the packed model
+    assert {"gpu-stsb-xtc-binary/packed-vocab-unk/model.safetensors",
+            "gpu-stsb-xtc-binary/packed-vocab-nearest/model.safetensors"} <= members(xtc_full.bundle(args, "xtc-binary"))
+
+
+def test_a_run_not_done_is_not_packed_with_a_pruned_vocabulary(tmp_path, monkeypatch):
+    out = fake_run(tmp_path)
+    (out / "run.json").write_text(json.dumps({"status": "running"}))
+    monkeypatch.setattr(xtc_full.subprocess, "call", lambda *a, **kw: pytest.fail("exported a run still training"))
+    assert xtc_full.vocab_pruned(args_for(tmp_path), out, "spearman") == {}
 
 
 def test_per_recipe_overrides_reach_only_their_recipe(tmp_path, monkeypatch):

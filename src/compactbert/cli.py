@@ -245,6 +245,8 @@ def export(
     prune_vocab: Annotated[bool, typer.Option("--prune-vocab", help="Keep only embedding rows of tokens in the task data (+ special tokens).")] = False,
     task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task for --prune-vocab (default: the run's).", show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Data for --prune-vocab (default: the run's).", show_default=False)] = None,
+    vocab_from: Annotated[str, typer.Option("--vocab-from", help="With --prune-vocab: the splits whose tokens are kept: all (train + dev) or train (then the dev metric measures the pruning on unseen tokens).")] = "all",
+    unseen_tokens: Annotated[str, typer.Option("--unseen-tokens", help="With --prune-vocab: what a token not kept reads as: unk or nearest (the kept token with the closest embedding).")] = "unk",
     max_positions: Annotated[Optional[int], typer.Option(help="Keep only the first N position embeddings (longer inputs are refused).", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out as a whole even if it holds other files (never the model being exported).")] = False,
 ) -> None:
@@ -258,7 +260,7 @@ def export(
     from . import api
 
     target = api.export(path, out, format=format, prune_vocab=prune_vocab, task=task, data=data, max_positions=max_positions,
-                        overwrite=overwrite)
+                        overwrite=overwrite, vocab_from=vocab_from, unseen_tokens=unseen_tokens)
     total = sum(f.stat().st_size for f in Path(target).rglob("*") if f.is_file())
     print(f"wrote {target} ({total:,} bytes on disk)")
 

@@ -13,6 +13,9 @@ from ..models import resolve_model
 from ..runs import NAME, Target, open_path
 
 FORMATS = ("packed", "onnx", "sentence-transformers")
+# --vocab-from: the splits whose tokens --prune-vocab keeps
+VOCAB_FROM = ("all", "train")
+UNSEEN_TOKENS = ("unk", "nearest")
 
 
 def export(
@@ -24,6 +27,8 @@ def export(
     data: str | os.PathLike | None = None,
     max_positions: int | None = None,
     overwrite: bool = False,
+    vocab_from: str = "all",
+    unseen_tokens: str = "unk",
 ) -> Path:
     """Export a run directory (its ``model/``) or a model folder.
 
@@ -41,6 +46,11 @@ def export(
         prune_vocab: keep only the embedding rows of tokens that occur in the task's training and
             dev data (plus special tokens); the tokenizer is remapped.
         task, data: the task data for ``prune_vocab`` (default: the run's own).
+        vocab_from: the splits whose tokens ``prune_vocab`` keeps: ``"all"`` (training and dev, the
+            default) or ``"train"`` (training only: the dev metric of the export then measures what
+            the pruning costs on text with tokens it never saw).
+        unseen_tokens: with ``prune_vocab``, what a token that is not kept reads as: ``"unk"`` (the
+            unknown token) or ``"nearest"`` (the kept token whose embedding is closest).
         max_positions: keep only the first N position embeddings (inputs longer than N are refused).
         overwrite: replace a non-empty ``out`` that is not an earlier export.
 
@@ -59,6 +69,12 @@ def export(
         raise UserError(f"{str(path)!r} does not exist; expected a run directory or a model folder")
     if format != "packed" and (prune_vocab or max_positions is not None):
         raise UserError("--prune-vocab and --max-positions apply to --format packed only")
+    if vocab_from not in VOCAB_FROM:
+        raise UserError(f"--vocab-from {vocab_from!r} is not valid; valid: {', '.join(VOCAB_FROM)}")
+    if unseen_tokens not in UNSEEN_TOKENS:
+        raise UserError(f"--unseen-tokens {unseen_tokens!r} is not valid; valid: {', '.join(UNSEEN_TOKENS)}")
+    if not prune_vocab and (vocab_from, unseen_tokens) != (VOCAB_FROM[0], UNSEEN_TOKENS[0]):
+        raise UserError("--vocab-from and --unseen-tokens apply with --prune-vocab only")
     own = {"onnx": is_onnx_output, "packed": is_packed_output, "sentence-transformers": is_st_output}[format]
     check_output(out, own=own, sources=[target.model_dir()], overwrite=overwrite, command=f"export --format {format}")
     if format == "sentence-transformers":
@@ -77,9 +93,9 @@ def export(
     pooling = embedding_model_pooling(target.model_dir())
     if pooling is not None:
         net = net.base_model
-    texts = vocab_texts(target, task, data) if prune_vocab else None
+    texts = vocab_texts(target, task, data, train_only=vocab_from == "train") if prune_vocab else None
     with staged_output(out) as tmp:
-        export_packed(net, tokenizer, tmp, prune_vocab_texts=texts, max_positions=max_positions,
+        export_packed(net, tokenizer, tmp, prune_vocab_texts=texts, max_positions=max_positions, unseen_tokens=unseen_tokens,
                       pooling=pooling.to_dict(source=False) if pooling is not None else None)
     return out
 
@@ -124,9 +140,9 @@ def is_onnx_output(folder: Path) -> bool:
     return ONNX_FILE in names and EXPORT_INFO_FILE in names and names <= own
 
 
-def vocab_texts(target: Target, task: str | None, data) -> list:
-    """Every text of the task's training and evaluation splits (the run's task and data by default):
-    the tokens ``--prune-vocab`` keeps."""
+def vocab_texts(target: Target, task: str | None, data, train_only: bool = False) -> list:
+    """Every text of the task's training and evaluation splits (only the training split with
+    ``train_only``; the run's task and data by default): the tokens ``--prune-vocab`` keeps."""
     from ..data.sources import load_examples
     from ..data.tasks import get_task
 
@@ -137,7 +153,7 @@ def vocab_texts(target: Target, task: str | None, data) -> list:
     spec = get_task(task)
     data = data if data is not None else run["config"].get("data")
     texts: list = []
-    for split in ("train", *spec.eval_splits):
+    for split in ("train",) if train_only else ("train", *spec.eval_splits):
         for ex in load_examples(spec, split, data):
             texts.append(ex.text_a if ex.text_b is None else (ex.text_a, ex.text_b))
     return texts

@@ -15,7 +15,9 @@ last dev metric of the training-time model (the per-epoch evaluation, FP32 for m
 activation quantizers), the packed model's metric through compactbert's runtime once the run is
 done, the difference to the teacher, bytes on disk and the run's own wall time. The learning curve
 (dev metric vs epoch, one line per recipe, stage after stage) goes to ``benchmarks/xtc_full_TASK.png``
-with ``--marker RECIPE=VALUE`` points (e.g. the 2-epoch numbers published before) at epoch 2.
+with ``--marker RECIPE=VALUE[@EPOCH]`` points (e.g. the 2-epoch numbers published before; at
+epoch 2 unless ``@EPOCH`` says where, e.g. ``@19`` for a 1 + 1-epoch run of a two-stage recipe
+whose first stage has 18).
 
 Usage::
 
@@ -87,8 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the same recipes under another prefix (e.g. runs trained on another machine): dashed curves")
     p.add_argument("--compare-label", default="CPU", help="how the --compare-prefix runs are named in the plot")
     p.add_argument("--table-only", action="store_true", help="read the runs, train nothing")
-    p.add_argument("--marker", action="append", default=[], metavar="RECIPE=VALUE",
-                   help="a point at epoch 2 on the curve (e.g. an earlier 2-epoch result)")
+    p.add_argument("--marker", action="append", default=[], metavar="RECIPE=VALUE[@EPOCH]",
+                   help="a point on the curve (e.g. an earlier 2-epoch result) at epoch 2, or at EPOCH "
+                        "(stage after stage: 19 is the second stage's first epoch after an 18-epoch first stage)")
     p.add_argument("--note", default="", help="a paragraph appended to the section (@FILE: read from FILE)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"), help="markdown file whose section is replaced ('' to print only)")
     p.add_argument("--section", default=None, metavar="NAME",
@@ -414,8 +417,9 @@ def plot(args, table_rows: list[dict], teacher: float, path: Path, compare: list
             ax.plot(xs, ys, color=colour.get(r["recipe"], "k"), linestyle="--", linewidth=1, alpha=0.7,
                     label=f"{r['recipe']} ({args.compare_label})")
     for m in args.marker:
-        recipe, value = m.split("=", 1)
-        ax.scatter([2.0], [float(value)], marker="*", s=120, zorder=5, label=f"{recipe}: 2-epoch run")
+        recipe, value, epoch = parse_marker(m)
+        ax.scatter([epoch], [value], marker="*", s=120, zorder=5, color=colour.get(recipe, "k"),
+                   label=f"{recipe}: earlier short run" + ("" if epoch == 2.0 else f" (at epoch {epoch:g})"))
     ax.axhline(teacher, color="grey", linestyle="--", linewidth=1, label=f"teacher {teacher:.2f}")
     ax.set_xlabel("epoch (stage after stage)")
     ax.set_ylabel(f"dev {METRIC[args.task]} x100")
@@ -425,6 +429,16 @@ def plot(args, table_rows: list[dict], teacher: float, path: Path, compare: list
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def parse_marker(spec: str) -> tuple[str, float, float]:
+    """``RECIPE=VALUE[@EPOCH]`` -> ``(recipe, value, epoch)``; the epoch is 2 unless given."""
+    recipe, _, rest = spec.partition("=")
+    value, _, epoch = rest.partition("@")
+    try:
+        return recipe, float(value), float(epoch) if epoch else 2.0
+    except ValueError:
+        raise SystemExit(f"--marker {spec!r}: expected RECIPE=VALUE or RECIPE=VALUE@EPOCH (numbers)") from None
 
 
 def fmt(v, spec=".2f") -> str:

@@ -283,3 +283,16 @@ def test_a_custom_section_names_the_results_section_and_the_plot(tmp_path):
     body = xtc_full.section(args, [], 84.0, 1000, tmp_path / "xtc_full_stsb_cpu.png", "python x")
     assert body.splitlines()[0].endswith(": `xtc_full_stsb_cpu`")
     assert "![learning curves](xtc_full_stsb_cpu.png)" in body
+
+
+@pytest.mark.parametrize("spec, parsed", [
+    ("xtc-binary=85.78", ("xtc-binary", 85.78, 2.0)),
+    ("xtc-layer-reduction-binary=84.40@19", ("xtc-layer-reduction-binary", 84.40, 19.0)),
+])
+def test_a_marker_sits_at_epoch_2_unless_it_says_where(spec, parsed):
+    assert xtc_full.parse_marker(spec) == parsed
+
+
+def test_a_marker_that_is_not_a_number_is_refused():
+    with pytest.raises(SystemExit, match="expected RECIPE=VALUE"):
+        xtc_full.parse_marker("xtc-binary=high@19")

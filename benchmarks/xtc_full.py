@@ -58,7 +58,8 @@ TARGETS = {"xtc-ternary": 0.5, "xtc-binary": 1.0, "xtc-layer-reduction-binary": 
 # within this many points (XTC's 50x claim)
 SMALL_TARGET = (50.0, 1.5)
 # each finished run is also packed with its vocabulary pruned to the training split's tokens, a dev
-# token never seen in training read as [UNK] or as the nearest kept token (export --unseen-tokens)
+# token never seen in training read as [UNK] or as the nearest kept token (export --unseen-tokens),
+# and its position embeddings cut to the recipe's max_seq_length (all it was trained and evaluated at)
 VOCAB_UNSEEN = ("unk", "nearest")
 
 
@@ -169,19 +170,21 @@ def pack(args, out: Path) -> None:
 
 def vocab_pruned(args, out: Path, metric: str) -> dict[str, dict]:
     """For each way of reading unseen tokens (``VOCAB_UNSEEN``): the finished run packed with its
-    vocabulary pruned to the training split's tokens (``packed-vocab-U/``, made once), its dev metric
-    through the runtime and its bytes: ``{U: {"metric", "bytes", "kept", "original"}}``. The dev
-    split's own tokens are not kept, so the metric says what the pruning costs on unseen text."""
+    vocabulary pruned to the training split's tokens and its position embeddings to the recipe's
+    ``max_seq_length`` (``packed-vocab-U/``, made once), its dev metric through the runtime and its
+    bytes: ``{U: {"metric", "bytes", "kept", "original", "positions"}}``. The dev split's own tokens
+    are not kept, so the metric says what the pruning costs on unseen text."""
     from compactbert.bench.result import model_bytes
 
     if read_json(out / "run.json").get("status") != "done" or not (out / "model").is_dir():
         return {}
-    found = {}
+    found, positions = {}, recipe_max_length(out)
     for unseen in VOCAB_UNSEEN:
         packed, cached = out / f"packed-vocab-{unseen}", out / f"packed-vocab-{unseen}_eval.json"
         if not packed.is_dir():
             subprocess.call([sys.executable, "-m", "compactbert", "export", str(out), "--out", str(packed),
                              "--prune-vocab", "--vocab-from", "train", "--unseen-tokens", unseen,
+                             *(["--max-positions", str(positions)] if positions else []),
                              "--task", args.task, "--data", args.data], cwd=REPO)
         if not packed.is_dir():
             continue
@@ -191,8 +194,21 @@ def vocab_pruned(args, out: Path, metric: str) -> dict[str, dict]:
         m = read_json(cached).get("metrics") or {}
         vocab = read_json(packed / "config.json").get("vocab") or {}
         found[unseen] = {"metric": 100 * float(m[metric]) if metric in m else None, "bytes": model_bytes(packed)[0],
-                         "kept": vocab.get("kept"), "original": vocab.get("original_size")}
+                         "kept": vocab.get("kept"), "original": vocab.get("original_size"), "positions": positions}
     return found
+
+
+def recipe_max_length(out: Path) -> int | None:
+    """The run's ``max_seq_length`` (its recipe.yaml): the positions it was trained and evaluated at."""
+    from compactbert.errors import UserError
+    from compactbert.recipe import load_plain_yaml
+
+    try:
+        recipe, _ = load_plain_yaml((out / "recipe.yaml").read_text(), str(out / "recipe.yaml"))
+        n = recipe.get("max_seq_length")
+        return int(n) if n else None
+    except (OSError, ValueError, TypeError, AttributeError, UserError):
+        return None
 
 
 def wait_until(proc: subprocess.Popen, deadline: float | None) -> int | None:
@@ -425,7 +441,7 @@ def plot(args, table_rows: list[dict], teacher: float, path: Path, compare: list
     ax.set_ylabel(f"dev {METRIC[args.task]} x100")
     ax.set_title(f"XTC recipes on {args.task.upper()} at their own schedules")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.legend(fontsize=7, loc="best", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -501,17 +517,18 @@ def vocab_table(table_rows: list[dict], teacher: float, teacher_bytes: int) -> l
     if not done:
         return []
     x, pts = SMALL_TARGET
-    lines = ["", "Vocabulary pruned to the tokens of the training split (`compactbert export RUN --prune-vocab "
-             "--vocab-from train --unseen-tokens unk|nearest`): a dev token training never saw reads as [UNK] or as the "
-             "kept token with the closest embedding, so the dev metric measures what the pruning costs. "
+    lines = ["", "Vocabulary pruned to the tokens of the training split and position embeddings to the recipe's "
+             "max_seq_length (`compactbert export RUN --prune-vocab --vocab-from train --unseen-tokens unk|nearest "
+             "--max-positions N`): a dev token training never saw reads as [UNK] or as the kept token with the closest "
+             "embedding, so the dev metric measures what the pruning costs; inputs are cut at N tokens, as in training. "
              f"Target: at least {x:g}x smaller within {pts:g} points (XTC's claim for layer reduction + 1 bit).", "",
-             "| recipe | tokens kept | unseen tokens read as | packed | Δ vs teacher | bytes | x smaller |",
-             "|---|---|---|---|---|---|---|"]
+             "| recipe | tokens kept | positions | unseen tokens read as | packed | Δ vs teacher | bytes | x smaller |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in done:
         for unseen, v in r["vocab"].items():
             delta = None if v["metric"] is None else v["metric"] - teacher
             kept = "-" if v["kept"] is None else f"{v['kept']:,} / {v['original']:,}"
-            lines.append(f"| {r['recipe']} | {kept} | {'[UNK]' if unseen == 'unk' else unseen} | {fmt(v['metric'])} | "
+            lines.append(f"| {r['recipe']} | {kept} | {v.get('positions') or 'all'} | {'[UNK]' if unseen == 'unk' else unseen} | {fmt(v['metric'])} | "
                          f"{fmt(delta, '+.2f')} | {v['bytes']:,} | {teacher_bytes / v['bytes']:.1f}x |")
     return lines
 

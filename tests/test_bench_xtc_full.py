@@ -144,7 +144,7 @@ def fake_compactbert(calls: list, metric: float = 0.25, kept: int = 700):
     (a metrics JSON): records ``(verb, options)``."""
     def call(cmd, **kw):
         out = Path(cmd[cmd.index("--out") + 1])
-        calls.append((cmd[3], tuple(c for c in cmd if c in ("unk", "nearest", "train"))))
+        calls.append((cmd[3], tuple(c for c in cmd if c in ("unk", "nearest", "train", "--max-positions", "96"))))
         if cmd[3] == "export":
             out.mkdir(parents=True)
             (out / "model.safetensors").write_bytes(b"0" * 300)
@@ -171,20 +171,23 @@ def test_a_run_that_ended_unwatched_is_packed_on_the_next_call_and_never_trained
 
 def test_a_finished_run_is_also_packed_with_the_vocabulary_of_its_training_split(tmp_path, monkeypatch):
     out = fake_run(tmp_path)
+    (out / "recipe.yaml").write_text("max_seq_length: 96\nstages:\n  - epochs: 18\n")
     calls = []
     monkeypatch.setattr(xtc_full.subprocess, "call", fake_compactbert(calls, metric=0.2, kept=700))
     args = args_for(tmp_path)
     xtc_full.pack(args, out)
     # the plain packed model evaluated, then one export + eval per way of reading unseen tokens
-    assert calls == [("eval", ()), ("export", ("train", "unk")), ("eval", ()), ("export", ("train", "nearest")), ("eval", ())]
+    assert calls == [("eval", ()), ("export", ("train", "unk", "--max-positions", "96")), ("eval", ()),
+                     ("export", ("train", "nearest", "--max-positions", "96")), ("eval", ())]
     found = xtc_full.vocab_pruned(args, out, "spearman")
     assert len(calls) == 5  # made once, read after
     size = sum(f.stat().st_size for f in (out / "packed-vocab-unk").rglob("*") if f.is_file())
-    assert found == {u: {"metric": 20.0, "bytes": size, "kept": 700, "original": 30522} for u in ("unk", "nearest")}
+    assert found == {u: {"metric": 20.0, "bytes": size, "kept": 700, "original": 30522, "positions": 96}
+                     for u in ("unk", "nearest")}
     body = xtc_full.section(args, [{**xtc_full.row(args, "xtc-binary", out, "spearman")}], 21.0, 50_000,
                             tmp_path / "x.png", "python x")
-    assert f"| xtc-binary | 700 / 30,522 | [UNK] | 20.00 | -1.00 | {size} | {50_000 / size:.1f}x |" in body
-    assert f"| xtc-binary | 700 / 30,522 | nearest | 20.00 | -1.00 | {size} | {50_000 / size:.1f}x |" in body
+    assert f"| xtc-binary | 700 / 30,522 | 96 | [UNK] | 20.00 | -1.00 | {size} | {50_000 / size:.1f}x |" in body
+    assert f"| xtc-binary | 700 / 30,522 | 96 | nearest | 20.00 | -1.00 | {size} | {50_000 / size:.1f}x |" in body
     # bundled with its weights, like the packed model
     assert {"gpu-stsb-xtc-binary/packed-vocab-unk/model.safetensors",
             "gpu-stsb-xtc-binary/packed-vocab-nearest/model.safetensors"} <= members(xtc_full.bundle(args, "xtc-binary"))

@@ -84,8 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="after training, one RUN.tar.gz per run in DIR with everything but the FP32 model and the "
                         "checkpoints (curves, logs, eval, size, the packed model): to carry runs off a lent machine")
     p.add_argument("--no-table", action="store_true", help="train (and bundle) only; make the table elsewhere")
-    p.add_argument("--extra", action="append", default=[], metavar="LABEL=RUN_DIR",
-                   help="a further row (a variant run, e.g. binary=runs/x with float embeddings), below the recipes")
+    p.add_argument("--extra", action="append", default=[], metavar="LABEL=RUN_DIR[@EPOCHS]",
+                   help="a further row (a variant run, e.g. binary=runs/x with float embeddings), below the recipes; "
+                        "@EPOCHS draws its curve that many epochs later (a run of a recipe's second stage alone: @18)")
     p.add_argument("--compare-prefix", default=None, metavar="PREFIX",
                    help="the same recipes under another prefix (e.g. runs trained on another machine): dashed curves")
     p.add_argument("--compare-label", default="CPU", help="how the --compare-prefix runs are named in the plot")
@@ -376,9 +377,19 @@ def rows(args) -> tuple[list[dict], float, int]:
     teacher = 100 * float((read_json(Path(args.teacher) / "eval.json").get("metrics") or {}).get(metric, "nan"))
     out_rows = [row(args, recipe, run_dir(args, recipe), metric) for recipe in args.recipes]
     for spec in args.extra:
-        label, _, path = spec.partition("=")
-        out_rows.append({**row(args, label, Path(path), metric), "extra": True})
+        label, path, offset = parse_extra(spec)
+        r = row(args, label, Path(path), metric)
+        out_rows.append({**r, "extra": True, "points": [(x + offset, y) for x, y in r["points"]]})
     return out_rows, teacher, teacher_bytes
+
+
+def parse_extra(spec: str) -> tuple[str, str, float]:
+    """``LABEL=RUN_DIR[@EPOCHS]`` -> ``(label, run_dir, epochs its curve is shifted by)``."""
+    label, _, path = spec.partition("=")
+    head, sep, tail = path.rpartition("@")
+    if sep and tail.isdigit():
+        return label, head, float(tail)
+    return label, path, 0.0
 
 
 def compare_rows(args) -> list[dict]:

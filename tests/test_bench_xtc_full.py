@@ -299,3 +299,24 @@ def test_a_marker_sits_at_epoch_2_unless_it_says_where(spec, parsed):
 def test_a_marker_that_is_not_a_number_is_refused():
     with pytest.raises(SystemExit, match="expected RECIPE=VALUE"):
         xtc_full.parse_marker("xtc-binary=high@19")
+
+
+@pytest.mark.parametrize("spec, parsed", [
+    ("lr 1e-4=runs/a", ("lr 1e-4", "runs/a", 0.0)),
+    ("stage 2 alone=runs/a@18", ("stage 2 alone", "runs/a", 18.0)),
+    ("odd=runs/a@b", ("odd", "runs/a@b", 0.0)),  # an '@' in a path, not an epoch count
+])
+def test_an_extra_row_can_be_drawn_later_on_the_epoch_axis(spec, parsed):
+    assert xtc_full.parse_extra(spec) == parsed
+
+
+def test_an_extra_rows_curve_is_shifted_by_its_epochs(tmp_path, monkeypatch):
+    monkeypatch.setattr(xtc_full, "vocab_pruned", lambda *a: {})
+    out = fake_run(tmp_path, "stage2")
+    args = args_for(tmp_path, "--extra", f"stage 2 alone={out}@18")
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "eval.json").write_text(json.dumps({"metrics": {"spearman": 0.8}}))
+    (tmp_path / "t" / "model").mkdir()
+    (tmp_path / "t" / "model" / "model.safetensors").write_bytes(b"0" * 100)
+    extra = xtc_full.rows(args)[0][-1]
+    assert extra["extra"] and extra["points"] == [(19.0, 50.0)]
